@@ -2,6 +2,7 @@
 hand, training-set normalisation, end-to-end fit/predict, persistence, config, and signal."""
 
 import math
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -229,10 +230,23 @@ def test_state_dict_round_trip_gives_identical_predictions(tmp_path):
     original, reloaded = detector.predict(test), restored.predict(test)
     np.testing.assert_array_equal(original.image_score, reloaded.image_score)
     np.testing.assert_array_equal(original.anomaly_map, reloaded.anomaly_map)
-    other_config = tiny_config({"inference": {"num_inversion_steps": 3}})
+    other_config = tiny_config({"diffusion": {"beta_end": 0.03}})
     other = InversionDetector(other_config, torch.device("cpu"))
-    with pytest.raises(ValueError, match="num_inversion_steps"):
+    with pytest.raises(ValueError, match="diffusion"):
         other.load_state_dict(detector.state_dict())
+
+
+def test_calibrate_redoes_the_score_range_for_new_inference_settings():
+    """An inference ablation (here S of Table 3) reuses the weights; only the range changes."""
+    train = feature_set(random_features())
+    detector = fitted(features=train.features)
+    reused = InversionDetector(tiny_config({"inference": {"num_inversion_steps": 3}}), torch.device("cpu"))
+    reused.load_state_dict(detector.state_dict())
+    assert reused.score_stats == detector.score_stats  # stale until calibrated
+    reused.calibrate(train)
+    assert reused.score_stats != detector.score_stats
+    scores = reused._score(train.features, reconstruct=False, with_maps=False, progress=False)
+    assert reused.score_stats["nll_max"] == pytest.approx(scores["nll"].max().item())
 
 
 def test_reconstruction_variant_scores_the_max_of_the_error_map():
@@ -313,3 +327,29 @@ def test_typo_and_invalid_values_raise_config_errors():
         tiny_config({"unet": {"block_out_channels": [32, 32, 32]}, "backbone": {"feature_size": 6}})
     with pytest.raises(ConfigError, match="is not one of"):
         tiny_config({"inference": {"score": "likelihood"}})
+
+
+def test_training_hash_ignores_only_the_inference_section():
+    base = tiny_config()
+    assert ENTRY.training_hash(base) == ENTRY.training_hash(tiny_config({"inference": {"score": "nll"}}))
+    assert ENTRY.training_hash(base) == ENTRY.training_hash(asdict(base))  # a saved model's config
+    assert ENTRY.training_hash(base) != ENTRY.training_hash(tiny_config({"training": {"lr": 3e-4}}))
+
+
+def test_a_model_trained_with_another_training_config_is_never_reused(tmp_path):
+    """pipeline.train refuses a shared model whose training config differs, before any run."""
+    from anodiff.features import save_feature_set
+    from anodiff.pipeline import train
+    from anodiff.tracking import TrackingConfig
+
+    cache = tmp_path / "train.pt"
+    save_feature_set(feature_set(random_features()), cache, pretrained_loaded=False)
+    detector = fitted()
+    torch.save({"method": "inversion", "config": asdict(tiny_config({"training": {"lr": 3e-4}})),
+                "state": detector.state_dict(), "run_id": "owner"}, tmp_path / "owner.pt")
+    tracking = TrackingConfig(f"sqlite:///{tmp_path}/mlflow.db", "test", str(tmp_path / "artifacts"))
+    with pytest.raises(ValueError, match="only variants that differ in \\['inference'\\]"):
+        train("inversion", DEFAULTS, deep_merge(TINY, {"inference": {"score": "nll"}}), [cache],
+              tmp_path / "model.pt", tmp_path / "run.json", tracking, {}, tmp_path, device="cpu",
+              shared_model=tmp_path / "owner.pt")
+    assert not (tmp_path / "model.pt").exists() and not (tmp_path / "mlflow.db").exists()

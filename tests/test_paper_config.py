@@ -54,3 +54,15 @@ def test_no_two_variants_are_the_same_run():
                 seen[(method, digest, dataset, settings.get("setting", "per_class"))].append(variant)
     duplicates = {key: names for key, names in seen.items() if len(names) > 1}
     assert not duplicates
+
+
+def test_inference_ablations_score_the_weights_their_owner_trained(dry_run):
+    # inversion's Table 3-4 scores and steps, DiAD's Fig. 6 forward timesteps: no second training
+    # (nor, for DiAD, a second autoencoder fine-tuning); D3AD's static T_hat changes training
+    # (domain adaptation reconstructs with it), so it trains its own model
+    assert "results/mvtec_ad/inversion/nll-s3/models/bottle.reused.pt" in dry_run
+    assert "results/mvtec_ad/inversion/nll-s3/models/bottle.pt" not in dry_run
+    assert "results/mvtec_ad/diad/forward-200/models/unified.reused.pt" in dry_run
+    assert "results/mvtec_ad/diad/forward-200/models/unified.pretrain.pt" not in dry_run
+    assert "results/mvtec_ad/dpdiff/ddim-5/models/unified.reused.pt" in dry_run
+    assert "results/visa/d3ad/static-20/models/candle.pt" in dry_run

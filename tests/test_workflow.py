@@ -17,7 +17,7 @@ from anodiff.metrics import METRIC_NAMES
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 CATEGORIES = ["weave", "washer"]
-RUNS = [("inversion", "tiny"), ("inversion", "tiny-unified"), ("patchcore", "tiny"), ("dpdiff", "tiny-unified"),
+RUNS = [("inversion", "tiny"), ("inversion", "tiny-nll"), ("inversion", "tiny-unified"), ("patchcore", "tiny"), ("dpdiff", "tiny-unified"),
         ("diad", "tiny-unified"), ("d3ad", "tiny")]
 TRAINED = [("inversion", "tiny"), ("dpdiff", "tiny-unified"), ("diad", "tiny-unified"), ("d3ad", "tiny")]
 
@@ -58,6 +58,8 @@ TINY_INVERSION = {  # a small UNet on 8x8 features of a random backbone (offline
              "attention_resolutions": [], "mid_block_attention": False},
 }
 
+TINY_INVERSION_TRAINING = {"epochs": 150, "batch_size": 16, "warmup_epochs": 5, "lr": 1.0e-3}
+
 TINY_CONFIG = {
     "experiment": "anodiff-e2e",
     "seed": 0,
@@ -77,10 +79,12 @@ TINY_CONFIG = {
             "tiny": {
                 "datasets": ["synthetic"],
                 "setting": "per_class",
-                "overrides": {
-                    **TINY_INVERSION,
-                    "training": {"epochs": 150, "batch_size": 16, "warmup_epochs": 5, "lr": 1.0e-3},
-                },
+                "overrides": {**TINY_INVERSION, "training": TINY_INVERSION_TRAINING},
+            },
+            "tiny-nll": {  # Table 4's score ablation: inference only, so it reuses tiny's models
+                "datasets": ["synthetic"],
+                "setting": "per_class",
+                "overrides": {**TINY_INVERSION, "training": TINY_INVERSION_TRAINING, "inference": {"score": "nll"}},
             },
             "tiny-unified": {
                 "datasets": ["synthetic"],
@@ -122,6 +126,11 @@ TINY_CONFIG = {
             "caption": "InversionAD Table 2 (e2e)", "protocol": "exact metrics",
             "rows": [{"reported": "InversionAD (S=2)", "method": "inversion", "variant": "tiny",
                       "datasets": {"mvtec_ad": "synthetic"}}],
+        },
+        "inversion/table4": {
+            "caption": "InversionAD Table 4 (e2e)", "protocol": "exact metrics",
+            "rows": [{"reported": "InversionAD", "setting": "score=NLL,S=10", "method": "inversion",
+                      "variant": "tiny-nll", "datasets": {"mvtec_ad": "synthetic"}}],
         },
         "d3ad/table8": {
             "caption": "D3AD Table 8 (e2e)", "protocol": "fps rule, batch 4",
@@ -212,6 +221,26 @@ def test_pretrain_stage_is_its_own_job_whose_output_training_consumes(workflow_r
 
 
 @pytest.mark.slow
+def test_an_inference_ablation_scores_the_trained_model_of_its_owner(workflow_run):
+    import torch
+
+    client = MlflowClient(f"sqlite:///{workflow_run}/results/mlflow.db")
+    runs = workflow_run / "results/synthetic/inversion"
+    for category in CATEGORIES:
+        assert not (runs / f"tiny-nll/models/{category}.pt").exists()  # no second training
+        trained = torch.load(runs / f"tiny/models/{category}.pt", weights_only=False)
+        reused = torch.load(runs / f"tiny-nll/models/{category}.reused.pt", weights_only=False)
+        assert all(torch.equal(trained["state"]["unet"][k], v) for k, v in reused["state"]["unet"].items())
+        reuse_run = client.get_run(reused["run_id"])
+        assert reuse_run.data.tags["weights_from_run"] == trained["run_id"]
+        # same weights, same inversion: the NLL ablation's image score is tiny's NLL extra
+        ablation = np.load(runs / f"tiny-nll/predictions/{category}.npz")
+        combined = np.load(runs / f"tiny/predictions/{category}.npz")
+        np.testing.assert_allclose(ablation["image_score"], combined["extra_nll"], rtol=1e-6)
+        assert not np.allclose(ablation["image_score"], combined["image_score"])
+
+
+@pytest.mark.slow
 def test_predictions_hold_maps_at_image_resolution(workflow_run):
     saved = np.load(workflow_run / "results/synthetic/inversion/tiny/predictions/weave.npz")
     assert saved["anomaly_map"].shape[1:] == (64, 64)
@@ -239,8 +268,9 @@ def test_mlflow_store_holds_the_runs_with_metrics(workflow_run):
         if run.data.tags["method"] == "inversion":
             by_stage.setdefault(run.data.tags["stage"], []).append(run)
     assert len(by_stage["train"]) == len(CATEGORIES) + 1  # per-class models + one unified
-    assert len(by_stage["evaluate"]) == 2 * len(CATEGORIES)
-    train_ids = {r.info.run_id for r in by_stage["train"]}
+    assert len(by_stage["reuse"]) == len(CATEGORIES)  # tiny-nll scores tiny's models
+    assert len(by_stage["evaluate"]) == 3 * len(CATEGORIES)
+    train_ids = {r.info.run_id for r in by_stage["train"] + by_stage["reuse"]}
     for run in by_stage["evaluate"]:
         assert run.data.tags["mlflow.parentRunId"] in train_ids
         assert set(METRIC_NAMES) <= set(run.data.metrics)
@@ -276,6 +306,10 @@ def test_paper_tables_put_reproduced_beside_reported(workflow_run):
     markdown = (results / "tables" / "inversion" / "table2.md").read_text()
     assert "reported only" in markdown and "InversionAD Table 2 (e2e)" in markdown and "**" in markdown
     assert "\\begin{tabular}" in (results / "tables" / "inversion" / "table2.tex").read_text()
+    ablation = pd.read_parquet(results / "tables" / "inversion" / "table4.parquet")
+    nll = ablation[(ablation.method == "InversionAD") & (ablation.setting == "score=NLL,S=10")].iloc[0]
+    nll_mean = ours[(ours.method == "inversion") & (ours.variant == "tiny-nll") & (ours.category == "mean")]
+    assert nll.reported == 72.9 and nll.reproduced == pytest.approx(100 * nll_mean.image_auroc.iloc[0])
     speed = pd.read_parquet(results / "tables" / "d3ad" / "table8.parquet")
     fps = speed[(speed.method == "PatchCore") & (speed.metric == "fps")].iloc[0]
     assert fps.reproduced > 0 and fps.device.startswith("cpu") and "not the paper's device" in fps.note
@@ -288,6 +322,8 @@ def test_mlflow_runs_are_tagged_with_their_tables_and_config_hash(workflow_run):
     tagged = client.search_runs([experiment.experiment_id], "tags.tables LIKE '%inversion/table2%'")
     assert {r.data.tags["variant"] for r in tagged} == {"tiny"}
     assert {r.data.tags["stage"] for r in tagged} == {"train", "evaluate", "summary"}
+    reuses = client.search_runs([experiment.experiment_id], "tags.tables LIKE '%inversion/table4%' and tags.stage = 'reuse'")
+    assert {r.data.tags["variant"] for r in reuses} == {"tiny-nll"} and len(reuses) == len(CATEGORIES)
     hashes = {r.data.tags["config_hash"] for r in tagged if r.data.tags["stage"] == "train"}
     assert len(hashes) == 1 and len(hashes.pop()) == 12
 

@@ -118,8 +118,13 @@ def to_flat_dict(config: Any) -> dict[str, Any]:
 
 def config_hash(config: Any) -> str:
     """Short digest of a resolved config: runs with equal hashes ran the same hyper-parameters."""
-    payload = json.dumps(dataclasses.asdict(config), sort_keys=True, default=str)
-    return hashlib.sha1(payload.encode()).hexdigest()[:12]
+    return digest(dataclasses.asdict(config))
+
+
+def digest(data: Any, length: int = 12) -> str:
+    """Short, order-independent digest of JSON-like data (tuples and lists hash alike)."""
+    payload = json.dumps(data, sort_keys=True, default=str)
+    return hashlib.sha1(payload.encode()).hexdigest()[:length]
 
 
 def _flatten_mapping(mapping: Mapping[str, Any], prefix: str) -> list[tuple[str, Any]]:

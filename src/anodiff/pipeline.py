@@ -112,12 +112,15 @@ def train(
     pretrained_path: str | Path | None = None,
     seed: int = 0,
     device: str = "auto",
+    shared_model: str | Path | None = None,
 ) -> None:
     """Fit one model on the cached training features; log the run to MLflow.
 
     Resumable: the training loop checkpoints next to ``model_path`` and continues from the
     checkpoint when the job is re-run after being killed. ``pretrained_path``: the output
-    of the method's ``pretrain`` stage, if it has one.
+    of the method's ``pretrain`` stage, if it has one. ``shared_model``: the model another
+    variant trained with the same training config (the two differ only in the method's
+    ``inference_keys``); its weights are reused instead of fitting again.
     """
     from anodiff.features import load_feature_sets
 
@@ -127,14 +130,23 @@ def train(
     train_set = load_feature_sets([Path(p) for p in train_caches])
     torch_device = resolve_device(device)
     detector = entry.build(config, torch_device, Path(weights_dir))
-    if entry.pretrain is not None:
+    shared = None if shared_model is None else torch.load(shared_model, map_location="cpu", weights_only=False)
+    if shared is not None and entry.training_hash(shared["config"]) != entry.training_hash(config):
+        raise ValueError(f"{shared_model} was trained with a different config than {method} with "
+                         f"overrides {overrides}; only variants that differ in {list(entry.inference_keys)} "
+                         "can share a trained model")
+    if entry.pretrain is not None and shared is None:
         if pretrained_path is None:
             raise ValueError(f"method {method} has a pretrain stage; train needs its output file")
         detector.load_pretrained(torch.load(pretrained_path, map_location="cpu", weights_only=False)["state"])
 
     tracker = Tracker(tracking)
     run_name = f"{tags['dataset']}/{method}/{tags['variant']}/{tags['group']}"
-    run_id = tracker.start_run(run_name, {**tags, "stage": "train", "config_hash": config_hash(config)})
+    run_tags = {**tags, "stage": "train" if shared is None else "reuse", "config_hash": config_hash(config),
+                "training_hash": entry.training_hash(config)}
+    if shared is not None:
+        run_tags["weights_from_run"] = shared["run_id"]  # the owner variant's train run
+    run_id = tracker.start_run(run_name, run_tags)
     tracker.log_params(
         run_id,
         {**to_flat_dict(config), "method": method, "seed": seed, "git_commit": git_commit(),
@@ -148,7 +160,12 @@ def train(
     )
     started = time.perf_counter()
     try:
-        detector.fit(train_set, callbacks)
+        if shared is None:
+            detector.fit(train_set, callbacks)
+        else:
+            detector.load_state_dict(shared["state"])
+            if hasattr(detector, "calibrate"):  # methods.base.Calibrated
+                detector.calibrate(train_set)
     except BaseException:
         tracker.end_run(run_id, "FAILED")
         raise

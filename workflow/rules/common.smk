@@ -203,6 +203,21 @@ def get_pretrain_inputs(wildcards):
     }
 
 
+@cache
+def training_owner(dataset, method, variant):
+    """The variant whose trained model this one reuses: the first configured variant of the
+    method on the dataset, in the same setting, whose config differs from this one's only in
+    the method's ``inference_keys`` (itself when there is none), so that an inference
+    ablation is scored on the same weights and its training never runs twice."""
+    entry = get_method(method)
+    key = (setting_of(method, variant), entry.training_hash(config_of(method, variant)))
+    for other, settings in config["methods"][method].items():
+        if dataset in settings["datasets"] and \
+                (setting_of(method, other), entry.training_hash(config_of(method, other))) == key:
+            return other
+    raise AssertionError("a variant always matches itself")
+
+
 def get_train_inputs(wildcards):
     """As for pretrain, plus the pretrain stage's output when the method has one."""
     inputs = {**get_pretrain_inputs(wildcards), "tracking": "results/mlflow/experiment.json"}
@@ -211,19 +226,39 @@ def get_train_inputs(wildcards):
     return inputs
 
 
+def get_reuse_inputs(wildcards):
+    """The owner variant's model (see training_owner) and the group's training features
+    (a method that calibrates on them, like inversion's score range, needs them)."""
+    owner = training_owner(wildcards.dataset, wildcards.method, wildcards.variant)
+    if owner == wildcards.variant:
+        raise ValueError(f"{wildcards.dataset}/{wildcards.method}/{wildcards.variant} trains its own "
+                         "model; it has no model to reuse")
+    return {
+        "caches": get_train_caches(wildcards),
+        "weights": [weights_status(w) for w in method_weights(wildcards.method, wildcards.variant)],
+        "tracking": "results/mlflow/experiment.json",
+        "shared": f"{RUN_DIR}/models/{{group}}.pt".format(**{**wildcards, "variant": owner}),
+    }
+
+
 def get_test_cache(wildcards):
     key = spec_of(wildcards.method, wildcards.variant).key()
     return feature_cache(wildcards.dataset, key, wildcards.category, "test")
 
 
-def get_model(wildcards):
+def _model_stem(wildcards):
+    """models/<group> of a variant that trains, models/<group>.reused of one that reuses."""
     group = group_of(wildcards.method, wildcards.variant, wildcards.category)
-    return f"{RUN_DIR}/models/{group}.pt".format(**wildcards)
+    reused = training_owner(wildcards.dataset, wildcards.method, wildcards.variant) != wildcards.variant
+    return f"{RUN_DIR}/models/{group}{'.reused' if reused else ''}".format(**wildcards)
+
+
+def get_model(wildcards):
+    return f"{_model_stem(wildcards)}.pt"
 
 
 def get_train_run_info(wildcards):
-    group = group_of(wildcards.method, wildcards.variant, wildcards.category)
-    return f"{RUN_DIR}/models/{group}.run.json".format(**wildcards)
+    return f"{_model_stem(wildcards)}.run.json"
 
 
 def get_train_tags(wildcards):

@@ -43,3 +43,30 @@ rule train:
         ENV
     script:
         "../scripts/train.py"
+
+
+rule reuse_model:
+    """A variant that differs from an earlier one only in inference settings (the method's
+    inference_keys) scores that variant's trained weights; only training-set statistics that
+    depend on the inference settings are recomputed (common.smk: training_owner)."""
+    input:
+        unpack(get_reuse_inputs),
+    output:
+        model=f"{RUN_DIR}/models/{{group}}.reused.pt",
+        run_info=f"{RUN_DIR}/models/{{group}}.reused.run.json",
+    params:
+        defaults_file=get_defaults_file,
+        overrides=get_overrides,
+        tracking=tracking_config(),
+        tags=get_train_tags,
+        weights_dir=config["weights_dir"],
+        seed=config["seed"],
+        device=config["device"],
+    log:
+        "results/logs/reuse_model/{dataset}/{method}/{variant}/{group}.log",
+    benchmark:
+        "results/benchmarks/reuse_model/{dataset}/{method}/{variant}/{group}.tsv"
+    conda:
+        ENV
+    script:
+        "../scripts/train.py"

@@ -1,4 +1,5 @@
-"""Snakemake script: train one model and log it to MLflow."""
+"""Snakemake script (rules train and reuse_model): fit one model, or reuse another variant's
+weights (input ``shared``), and log the run to MLflow."""
 from anodiff.pipeline import setup_job, train
 
 setup_job(snakemake.log[0], snakemake.threads)
@@ -15,4 +16,5 @@ train(
     snakemake.input.get("pretrained"),
     snakemake.params.seed,
     snakemake.params.device,
+    snakemake.input.get("shared"),
 )

@@ -10,7 +10,11 @@ A method is three things, registered once in :mod:`anodiff.methods`:
   ``load_state_dict``; pretrained networks it loads itself come from ``weights_dir`` only
   and are listed by ``pretrained_weights(config)`` so the fetch_weights rule downloads them,
 * optionally ``pretrain``: a stage run as its own job before training (DiAD fine-tunes its
-  autoencoder there); its result reaches the detector through ``load_pretrained``.
+  autoencoder there); its result reaches the detector through ``load_pretrained``,
+* ``inference_keys``: the top-level config keys (mostly whole sections) that change scoring
+  only. Variants differing only there share one trained model (an inference ablation is scored on the same weights,
+  as in the papers); a detector whose training-set statistics depend on those sections
+  recomputes them in ``calibrate``.
 
 The pipeline (``anodiff.pipeline``) only ever talks to this interface, so adding a method
 never touches the workflow.
@@ -18,8 +22,6 @@ never touches the workflow.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal, Protocol
@@ -27,6 +29,7 @@ from typing import Any, Callable, Literal, Protocol
 import numpy as np
 import torch
 
+from anodiff.config import digest
 from anodiff.weights import PretrainedWeights
 
 
@@ -66,9 +69,7 @@ class FeatureSpec:
 
     def key(self) -> str:
         """A short, stable, filesystem-safe identifier of this spec."""
-        payload = json.dumps(asdict(self), sort_keys=True)
-        digest = hashlib.sha1(payload.encode()).hexdigest()[:10]
-        return f"{self.backbone}-{self.image_size}px-{digest}"
+        return f"{self.backbone}-{self.image_size}px-{digest(asdict(self), length=10)}"
 
 
 @dataclass
@@ -182,6 +183,14 @@ class AnomalyDetector(Protocol):
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
+class Calibrated(AnomalyDetector, Protocol):
+    """A detector with training-set statistics that depend on its inference settings."""
+
+    def calibrate(self, train: FeatureSet) -> None:
+        """Recompute them with the current config (``fit`` ends with it; a variant reusing
+        another variant's weights calls it after ``load_state_dict``)."""
+
+
 class Pretrainable(AnomalyDetector, Protocol):
     """A detector whose method has a ``pretrain`` stage receives its result before ``fit``."""
 
@@ -203,3 +212,11 @@ class MethodEntry:
     # optional stage with its own job before training: (config, train set, device,
     # weights_dir, callbacks) -> state handed to ``Pretrainable.load_pretrained``
     pretrain: Callable[[Any, FeatureSet, torch.device, Path, TrainCallbacks], dict[str, Any]] | None = None
+    # top-level config keys that never change the trained weights (see the module docstring)
+    inference_keys: tuple[str, ...] = ()
+
+    def training_hash(self, config: Any) -> str:
+        """Digest of a config (dataclass or its ``asdict``) without its inference keys:
+        two variants with equal hashes train identical weights."""
+        data = config if isinstance(config, dict) else asdict(config)
+        return digest({k: v for k, v in data.items() if k not in self.inference_keys})

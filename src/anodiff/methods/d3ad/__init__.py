@@ -20,6 +20,7 @@ ENTRY = MethodEntry(
     paper="003_10d77643e6581ff2.txt (D3AD)",
     nfe=nfe,  # one UNet evaluation per DDIM step
     pretrained_weights=pretrained_weights,
+    inference_keys=("anomaly_map",),  # map fusion only: bins, adapted extractor and map ranges use the rest
 )
 
 __all__ = ["ENTRY", "D3ADConfig", "D3ADDetector"]

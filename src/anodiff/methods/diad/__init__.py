@@ -20,6 +20,7 @@ ENTRY = MethodEntry(
     nfe=nfe,  # one SD + SG evaluation per DDIM step
     pretrained_weights=pretrained_weights,
     pretrain=pretrain,
+    inference_keys=("inference", "anomaly_map"),  # Table 6 map backbones, Fig. 6 forward timesteps
 )
 
 __all__ = ["ENTRY", "DiADConfig", "DiADDetector"]

@@ -148,7 +148,7 @@ class DiADDetector:
         images = checked_pixels(train.features, self.config.image_size, "training", "DiAD")
         images = images * 2 - 1  # (N, 3, H, W) in [-1, 1], as SD expects
         if self.vae is not None:
-            latent_mean, latent_std = latent_distribution(self.vae, images, self.config.inference.batch_size)
+            latent_mean, latent_std = latent_distribution(self.vae, images, self.config.training.batch_size)
         training, device, steps = self.config.training, self.device, self.config.diffusion.num_train_timesteps
 
         def loss(indices: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

@@ -17,6 +17,7 @@ ENTRY = MethodEntry(
     build=build,
     paper="004_482bdb48a2a5445d.txt (DPDiff-AD)",
     nfe=nfe,
+    inference_keys=("inference",),  # Fig. 6: inference timestep and DDIM steps
 )
 
 __all__ = ["ENTRY", "DPDiffConfig", "DPDiffDetector"]

@@ -16,6 +16,7 @@ ENTRY = MethodEntry(
     build=build,
     paper="002_6c3da90b684e239d.txt (Sakai & Hasegawa)",
     nfe=lambda config: config.inference.num_inversion_steps,  # Table 1: one UNet call per step
+    inference_keys=("inference",),  # Tables 3-4: inversion steps and scores
 )
 
 __all__ = ["ENTRY", "InversionConfig", "InversionDetector"]

@@ -130,8 +130,15 @@ class InversionDetector:
             grad_clip=training.grad_clip or None,
         )
         self.train_losses = state.losses
-        # Normalize of Algorithm 1 uses training statistics; the official code's test-set
-        # min-max would make each test score depend on the other test images (transductive).
+        self.calibrate(train)
+
+    def calibrate(self, train: FeatureSet) -> None:
+        """The training score range Normalize of Algorithm 1 uses (it depends on ``inference``).
+
+        The official code's test-set min-max would make each test score depend on the other
+        test images (transductive).
+        """
+        self._check_features(train.features, "training")
         scores = self._score(train.features, reconstruct=False, with_maps=False, progress=False)
         self.score_stats = {
             f"{name}_{stat}": float(getattr(scores[name], stat)())
@@ -234,13 +241,8 @@ class InversionDetector:
 
 
 def _weights_fingerprint(config: dict[str, Any]) -> dict[str, Any]:
-    """The config parts the weights and the training score range depend on."""
-    return {
-        "backbone": config["backbone"],
-        "unet": config["unet"],
-        "diffusion": config["diffusion"],
-        "inference.num_inversion_steps": config["inference"]["num_inversion_steps"],
-    }
+    """The config parts the weights depend on (``calibrate`` redoes the score range)."""
+    return {"backbone": config["backbone"], "unet": config["unet"], "diffusion": config["diffusion"]}
 
 
 def feature_spec(config: InversionConfig) -> FeatureSpec:

@@ -15,6 +15,9 @@ ENTRY = MethodEntry(
     feature_spec=feature_spec,
     build=build,
     paper="Roth et al., CVPR 2022 (peer baseline)",
+    # the same memory bank, scored differently
+    inference_keys=("num_neighbors", "image_score", "anomaly_map_sigma", "query_chunk_size",
+                    "bank_chunk_size"),
 )
 
 __all__ = ["ENTRY", "PatchCoreConfig", "PatchCoreDetector"]
