@@ -234,8 +234,7 @@ def get_reuse_inputs(wildcards):
         raise ValueError(f"{wildcards.dataset}/{wildcards.method}/{wildcards.variant} trains its own "
                          "model; it has no model to reuse")
     return {
-        "caches": get_train_caches(wildcards),
-        "weights": [weights_status(w) for w in method_weights(wildcards.method, wildcards.variant)],
+        **get_pretrain_inputs(wildcards),
         "tracking": "results/mlflow/experiment.json",
         "shared": f"{RUN_DIR}/models/{{group}}.pt".format(**{**wildcards, "variant": owner}),
     }
