@@ -31,8 +31,8 @@ def main() -> None:
 
     import pandas as pd
 
-    from anodiff.config import load_yaml
-    from anodiff.pipeline import method_config
+    from anodiff.config import load_method_config, load_yaml
+    from anodiff.methods import get_method
     from anodiff.throughput import measure_throughput
     from anodiff.utils import resolve_device
 
@@ -40,7 +40,8 @@ def main() -> None:
     rows = []
     for method in args.methods or list(bench["methods"]):
         overrides = bench["methods"][method].get("overrides", {})
-        config = method_config(method, REPO / "config" / "methods" / f"{method}.yaml", overrides)
+        config = load_method_config(get_method(method).config_class, REPO / "config" / "methods" / f"{method}.yaml",
+                                    overrides)
         result = measure_throughput(method, config, resolve_device(args.device), args.weights_dir,
                                     batch_size=args.batch_size or bench["batch_size"],
                                     repeats=bench["repeats"], fit_images=bench["fit_images"])

@@ -1,4 +1,5 @@
-"""Config loading: paper defaults + overrides, typo detection, envs mirroring pyproject."""
+"""Config loading: paper defaults + overrides, typo detection, the views of a config a stage
+may read (training without inference keys, pretrain keys only), envs mirroring pyproject."""
 
 import re
 import tomllib
@@ -9,7 +10,16 @@ from typing import Literal
 import pytest
 import yaml
 
-from anodiff.config import ConfigError, deep_merge, from_dict, load_method_config, to_flat_dict
+from anodiff.config import (
+    ConfigError,
+    UnavailableKeyError,
+    deep_merge,
+    from_dict,
+    load_method_config,
+    restricted_view,
+    to_flat_dict,
+    training_view,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -55,6 +65,33 @@ def test_deep_merge_keeps_untouched_keys():
 def test_missing_defaults_file_names_it(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         load_method_config(Outer, tmp_path / "nope.yaml")
+
+
+def test_training_view_coerces_the_training_keys_and_refuses_the_inference_keys():
+    data = {"name": "paper", "mode": "b", "inner": {"lr": "1e-3", "layers": [2, 3]}}
+    view = training_view(Outer, data, inference_keys=("mode",))  # "mode" in data is dropped
+    assert isinstance(view, Outer) and view.name == "paper"
+    assert view.inner == Inner(lr=1e-3, layers=(2, 3))  # validated like from_dict
+    with pytest.raises(UnavailableKeyError, match=r"Outer\.mode is an inference key \(MethodEntry\.inference_keys\) "
+                                                  "and is not available while training"):
+        view.mode  # not even its class default
+    assert repr(view) == "Outer(view without ['mode']: name='paper', inner=Inner(lr=0.001, layers=(2, 3)))"
+    assert training_view(Outer, {"name": "paper", "inner": {}}, ("mode",)).inner == Inner()
+    with pytest.raises(ConfigError, match=r"missing \['inner'\]"):
+        training_view(Outer, {"name": "paper"}, ("mode",))
+    with pytest.raises(ConfigError, match=r"\['nmae'\] are not keys of Outer"):
+        training_view(Outer, {"nmae": "paper", "name": "paper", "inner": {}}, ("mode",))
+    with pytest.raises(ConfigError, match="did you mean lr"):
+        training_view(Outer, {"name": "paper", "inner": {"lrr": 1.0}}, ("mode",))
+
+
+def test_restricted_view_holds_only_its_keys():
+    view = restricted_view(Outer, {"name": "paper", "mode": "b", "inner": {}}, keys=("mode",))
+    assert view.mode == "b"
+    with pytest.raises(UnavailableKeyError, match=r"Outer\.name is not available here: this view holds only \['mode'\]"):
+        view.name
+    with pytest.raises(ConfigError, match="is not one of"):
+        restricted_view(Outer, {"mode": "c"}, keys=("mode",))
 
 
 def _names(requirements):

@@ -1,8 +1,9 @@
 """D3AD (seed 003): DIC bins and binary search by hand (Algorithm 2), noiseless scaling and
 guided DDIM against diffusers (Algorithm 1, Eq. 7-8, 11), L_DA and the map fusion by hand
-(Eq. 9-10), fit/predict on synthetic images with every stage, persistence, ablation switches,
-config and paper scale."""
+(Eq. 9-10), fit/predict on synthetic images with every stage, training on a config without
+its inference keys, persistence, ablation switches, config and paper scale."""
 
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -10,14 +11,15 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler
 
-from anodiff.config import ConfigError, deep_merge, load_method_config
+from anodiff.config import ConfigError, UnavailableKeyError, deep_merge, load_method_config, training_view
 from anodiff.data.mvtec import MVTecDataset
 from anodiff.data.synthetic import generate_dataset
 from anodiff.features import FeatureExtractor, extract_features
 from anodiff.methods import get_method
 from anodiff.methods.base import FeatureSet, TrainCallbacks
-from anodiff.methods.d3ad import ENTRY, D3ADConfig, D3ADDetector
+from anodiff.methods.d3ad import ENTRY, D3ADConfig
 from anodiff.methods.d3ad.dic import bin_edges, find_bin, fit_knn, mean_knn_distance, timestep_for_bin
+from anodiff.methods.d3ad.method import D3ADDetector
 from anodiff.methods.d3ad.reconstruction import denoising_grid, guided_eps, perturb, reconstruct
 from anodiff.methods.d3ad.scoring import (
     domain_adaptation_loss,
@@ -346,17 +348,34 @@ def test_state_dict_round_trip_gives_identical_predictions(trained, tmp_path):
     detector, _, test, prediction = trained
     torch.save(detector.state_dict(), tmp_path / "model.pt")
     restored = build()
-    restored.load_state_dict(torch.load(tmp_path / "model.pt", weights_only=False))
+    restored.load_state_dict(torch.load(tmp_path / "model.pt", weights_only=True))
     again = restored.predict(image_set(test))
     np.testing.assert_array_equal(again.image_score, prediction.image_score)
     np.testing.assert_array_equal(again.anomaly_map, prediction.anomaly_map)
     reweighted = build({"anomaly_map": {"latent_weight": 0.5}})  # fusion is not part of training
     reweighted.load_state_dict(detector.state_dict())
     assert not np.allclose(reweighted.predict(image_set(test)).image_score, prediction.image_score)
-    with pytest.raises(ValueError, match="conditioning"):
-        build({"conditioning": {"t_max": 60}}).load_state_dict(detector.state_dict())
+    assert "config" not in detector.state_dict()
     with pytest.raises(RuntimeError, match="not trained"):
         build().predict(image_set(test))
+
+
+def test_fit_on_a_training_view_reads_no_inference_key(trained):
+    """The train job runs every stage on the config without ``anomaly_map``; the state it
+    leaves scores exactly as the one fitted with the full config."""
+    _, train, test, prediction = trained
+    view = training_view(D3ADConfig, asdict(tiny_config()), ENTRY.inference_keys)
+    with pytest.raises(UnavailableKeyError, match="D3ADConfig.anomaly_map is an inference key"):
+        view.anomaly_map
+    with pytest.warns(UserWarning, match="RANDOM"):
+        on_view = ENTRY.build(view, torch.device("cpu"), Path("/nonexistent-weights"))
+    on_view.fit(image_set(train), QUIET)
+    scorer = build()
+    scorer.load_state_dict(on_view.state_dict())
+    np.testing.assert_array_equal(scorer.predict(image_set(test)).image_score, prediction.image_score)
+    fused = tiny_config({"anomaly_map": {"latent_weight": 0.5}})
+    assert ENTRY.training_hash(tiny_config()) == ENTRY.training_hash(fused)
+    assert ENTRY.training_hash(tiny_config()) != ENTRY.training_hash(tiny_config({"conditioning": {"t_max": 60}}))
 
 
 def test_static_conditioning_and_conventional_noising():

@@ -1,8 +1,10 @@
 """The DiAD method (seed 001): the SG network's initialisation and zero connections, the SFF
 block, the anomaly map and image score by hand, the DDIM loop on an exact model, training
-(what moves and what stays frozen), tiny fit/predict with persistence, every variant, config
-checks, and the paper-scale model's size."""
+(what moves and what stays frozen), tiny pretrain/fit/predict on the config views the
+pipeline gives each stage, with persistence, every variant, config checks, and the paper-scale
+model's size."""
 
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +12,14 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, UNet2DConditionModel
 
-from anodiff.config import ConfigError, deep_merge, load_method_config
+from anodiff.config import (
+    ConfigError,
+    UnavailableKeyError,
+    deep_merge,
+    load_method_config,
+    restricted_view,
+    training_view,
+)
 from anodiff.methods import get_method
 from anodiff.methods.base import FeatureSet, TrainCallbacks
 from anodiff.methods.diad import ENTRY, DiADConfig
@@ -204,6 +213,18 @@ def test_ddim_grid_follows_the_official_sampler():
     assert get_method("diad").nfe(tiny_config({"inference": {"ddim_steps": 10, "forward_timesteps": 600}})) == 6
 
 
+@pytest.mark.parametrize("ddim_steps, forward_timesteps, steps_offset, T", [
+    (10, 1000, 1, 1000), (10, 600, 1, 1000), (10, 602, 1, 1000), (10, 601, 1, 1000), (4, 1000, 1, 1000),
+    (7, 1000, 1, 1000), (7, 430, 0, 1000), (3, 1, 0, 1000), (1, 1000, 1, 1000), (1000, 1000, 0, 1000),
+    (1000, 500, 1, 1000), (13, 77, 5, 200), (6, 100, 0, 100),
+])
+def test_nfe_counts_the_diffusers_ddim_grid_without_diffusers(ddim_steps, forward_timesteps, steps_offset, T):
+    config = tiny_config({"inference": {"ddim_steps": ddim_steps, "forward_timesteps": forward_timesteps},
+                          "diffusion": {"steps_offset": steps_offset, "num_train_timesteps": T}})
+    grid = denoising_timesteps(build_scheduler(config), ddim_steps, forward_timesteps)
+    assert ENTRY.nfe(config) == len(grid)
+
+
 def test_ddim_reconstruction_with_the_exact_noise_of_a_point_mass_returns_it():
     # Data = delta(x0): the exact eps at x_t is (x_t - sqrt(a_t) x0) / sqrt(1 - a_t), so every DDIM
     # step's x0 prediction is x0 and, ending at alpha = 1, the loop must return x0 exactly.
@@ -253,30 +274,54 @@ def test_trainable_parts_of_each_setting():
 
 # ----------------------------------------------------------------------------- end to end
 def test_pretrain_fit_predict_and_persistence(tmp_path):
+    """As the pipeline runs it: pretrain on the pretrain keys only, build and fit on the config
+    without its inference keys, predict with a detector of the full config loading the state.
+    Its scores equal those of a detector fitted with the full config."""
     config = tiny_config()
     entry = get_method("diad")
     train, test = image_set(6), image_set(5, seed=1, labels=np.array([0, 0, 1, 1, 1]))
-    pretrained = entry.pretrain(config, train, torch.device("cpu"), tmp_path, QUIET)
+    data = asdict(config)
+    pretrain_config = restricted_view(DiADConfig, data, entry.pretrain_keys)
+    with pytest.raises(UnavailableKeyError, match="DiADConfig.training is not available here"):
+        pretrain_config.training
+    torch.save(entry.pretrain(pretrain_config, train, torch.device("cpu"), tmp_path, QUIET), tmp_path / "vae.pt")
+    pretrained = torch.load(tmp_path / "vae.pt", weights_only=True)
     assert len(pretrained["losses"]) == 2 and np.isfinite(pretrained["losses"]).all()
-    detector = entry.build(config, torch.device("cpu"), tmp_path)
-    untouched = {k: v.clone() for k, v in detector.vae.state_dict().items()}
-    detector.load_pretrained(pretrained)
-    assert any(not torch.equal(v, untouched[k]) for k, v in detector.vae.state_dict().items())  # fine-tuned
-    detector.fit(train, QUIET)
-    prediction = detector.predict(test)
+    trained = entry.build(training_view(DiADConfig, data, entry.inference_keys), torch.device("cpu"), tmp_path)
+    untouched = {k: v.clone() for k, v in trained.vae.state_dict().items()}
+    trained.load_pretrained(pretrained)
+    assert any(not torch.equal(v, untouched[k]) for k, v in trained.vae.state_dict().items())  # fine-tuned
+    trained.fit(train, QUIET)
+    with pytest.raises(UnavailableKeyError, match="DiADConfig.inference is an inference key"):
+        trained.predict(test)
+
+    torch.save(trained.state_dict(), tmp_path / "model.pt")
+    reloaded = entry.build(config, torch.device("cpu"), tmp_path)  # a new process: weights_dir + saved state
+    reloaded.load_state_dict(torch.load(tmp_path / "model.pt", weights_only=True))
+    prediction = reloaded.predict(test)
     assert prediction.image_score.shape == (5,) and prediction.anomaly_map.shape == (5, 32, 32)
     assert np.isfinite(prediction.anomaly_map).all() and (prediction.anomaly_map >= -1e-6).all()
     assert set(prediction.extras) == {"reconstruction_l1", "max_anomaly_map"}
 
-    reloaded = entry.build(config, torch.device("cpu"), tmp_path)
-    reloaded.load_state_dict(detector.state_dict())  # a new process: weights_dir + saved state
-    again = reloaded.predict(test)
+    detector = entry.build(config, torch.device("cpu"), tmp_path)
+    detector.load_pretrained(entry.pretrain(config, train, torch.device("cpu"), tmp_path, QUIET))
+    detector.fit(train, QUIET)
+    again = detector.predict(test)
     np.testing.assert_allclose(again.image_score, prediction.image_score, rtol=1e-5)
     np.testing.assert_allclose(again.anomaly_map, prediction.anomaly_map, rtol=1e-4, atol=1e-6)
 
-    changed = entry.build(tiny_config({"semantic_guided": {"sff_norm": "batch_relu"}}), torch.device("cpu"), tmp_path)
-    with pytest.raises(ValueError, match="semantic_guided"):
-        changed.load_state_dict(detector.state_dict())
+
+def test_what_the_pretrain_and_training_hashes_depend_on():
+    base = tiny_config()
+    assert ENTRY.has_pretrain
+    scoring = tiny_config({"inference": {"forward_timesteps": 600}, "anomaly_map": {"backbone": "resnet34"}})
+    assert ENTRY.training_hash(scoring) == ENTRY.training_hash(base)  # Fig. 6 and Table 6 reuse the weights
+    decoder = tiny_config({"semantic_guided": {"sff_norm": "batch_relu"}})  # Table 5: new weights, same VAE
+    assert ENTRY.training_hash(decoder) != ENTRY.training_hash(base)
+    assert ENTRY.pretrain_hash(decoder) == ENTRY.pretrain_hash(base)
+    finetune = tiny_config({"autoencoder_finetune": {"lr": 5e-4}})
+    assert ENTRY.pretrain_hash(finetune) != ENTRY.pretrain_hash(base)
+    assert ENTRY.training_hash(finetune) != ENTRY.training_hash(base)
 
 
 @pytest.mark.parametrize("variant", ["ldm", "ddpm"])
@@ -304,6 +349,8 @@ def test_config_rejects_inconsistent_settings(tmp_path):
         tiny_config({"variant": "ldm", "training": {"train_sd": "none"}})
     with pytest.raises(ConfigError, match="not one of"):
         tiny_config({"semantic_guided": {"sff_norm": "layer_gelu"}})
+    with pytest.raises(ConfigError, match="ddim_steps=1001 exceeds"):
+        tiny_config({"inference": {"ddim_steps": 1001}})
     with pytest.raises(ValueError, match="C\\(x0\\) downsamples by 4"):
         ENTRY.build(tiny_config({"semantic_guided": {"conditioning_channels": [8, 8, 16]}}),
                     torch.device("cpu"), tmp_path)

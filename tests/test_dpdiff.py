@@ -1,7 +1,9 @@
 """DPDiff-AD (seed 004): losses against POT and by hand, prototype attention structure, DDIM
 reconstruction with an exact noise model, Eq. 24 pooling by hand, the features it reads,
-fit/predict on synthetic images, persistence, ablation switches, config and paper scale."""
+fit/predict on synthetic images, training on a config without its inference keys,
+persistence, ablation switches, config and paper scale."""
 
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -12,19 +14,20 @@ import torch
 from diffusers import DDPMScheduler
 from sklearn.metrics import roc_auc_score
 
-from anodiff.config import ConfigError, deep_merge, load_method_config
+from anodiff.config import ConfigError, UnavailableKeyError, deep_merge, load_method_config, training_view
 from anodiff.data.mvtec import MVTecDataset
 from anodiff.data.synthetic import generate_dataset
 from anodiff.features import FeatureExtractor, extract_features
 from anodiff.methods import get_method
 from anodiff.methods.base import FeatureSet, TrainCallbacks
-from anodiff.methods.dpdiff import ENTRY, DPDiffConfig, DPDiffDetector
+from anodiff.methods.dpdiff import ENTRY, DPDiffConfig
 from anodiff.methods.dpdiff.losses import (
     cosine_distances,
     global_ot_loss,
     local_alignment_loss,
     squared_distances,
 )
+from anodiff.methods.dpdiff.method import DPDiffDetector
 from anodiff.methods.dpdiff.scoring import ddim_reconstruct, ddim_timesteps, image_score, upsample
 from anodiff.methods.dpdiff.torch_model import (
     DPDiffModel,
@@ -292,17 +295,29 @@ def test_state_dict_round_trip_gives_identical_predictions(tmp_path):
     detector = fitted()
     torch.save(detector.state_dict(), tmp_path / "model.pt")
     restored = DPDiffDetector(tiny_config(), torch.device("cpu"))
-    restored.load_state_dict(torch.load(tmp_path / "model.pt", weights_only=False))
+    restored.load_state_dict(torch.load(tmp_path / "model.pt", weights_only=True))
     test = feature_set(randn(5, CHANNELS, GRID, GRID, seed=2))
     original, reloaded = detector.predict(test), restored.predict(test)
     np.testing.assert_array_equal(original.image_score, reloaded.image_score)
     np.testing.assert_array_equal(original.anomaly_map, reloaded.anomaly_map)
-    # inference settings may change after training; the weights' settings may not
-    DPDiffDetector(tiny_config({"inference": {"timestep": 90}}), torch.device("cpu")).load_state_dict(
-        detector.state_dict())
-    with pytest.raises(ValueError, match="prototypes"):
-        DPDiffDetector(tiny_config({"prototypes": {"num_local": 4}}), torch.device("cpu")).load_state_dict(
-            detector.state_dict())
+    assert set(detector.state_dict()) == {"model", "channels", "train_losses"}  # weights only
+
+
+def test_fit_on_a_training_view_reads_no_inference_key(tmp_path):
+    """The train job fits on the config without ``inference`` (Fig. 6's t and S reuse the
+    weights); they score exactly as those fitted with the full config."""
+    config = tiny_config()
+    view = training_view(DPDiffConfig, asdict(config), ENTRY.inference_keys)
+    with pytest.raises(UnavailableKeyError, match="DPDiffConfig.inference is an inference key"):
+        view.inference
+    trained = ENTRY.build(view, torch.device("cpu"), tmp_path)
+    trained.fit(feature_set(randn(12, CHANNELS, GRID, GRID)), QUIET)
+    scorer = ENTRY.build(config, torch.device("cpu"), tmp_path)
+    scorer.load_state_dict(trained.state_dict())
+    test = feature_set(randn(5, CHANNELS, GRID, GRID, seed=2))
+    np.testing.assert_array_equal(scorer.predict(test).image_score, fitted().predict(test).image_score)
+    assert ENTRY.training_hash(config) == ENTRY.training_hash(tiny_config({"inference": {"timestep": 90}}))
+    assert ENTRY.training_hash(config) != ENTRY.training_hash(tiny_config({"prototypes": {"num_local": 4}}))
 
 
 def test_clear_errors_for_untrained_model_and_wrong_features():

@@ -12,7 +12,7 @@ from timm.models import get_pretrained_cfg
 from anodiff.data.mvtec import MVTecDataset
 from anodiff.data.synthetic import generate_dataset
 from anodiff.features import FeatureExtractor, extract_features, load_feature_sets, save_feature_set
-from anodiff.methods.base import FeatureSpec
+from anodiff.methods.spec import FeatureSpec
 from anodiff.weights import PretrainedWeights, WeightsError, load_diffusers
 
 SPEC = FeatureSpec(backbone="resnet18", layers=(1, 2), image_size=32, feature_size=4)

@@ -1,5 +1,6 @@
 """The inversion method (seed 002): DDIM maths on toy models with known answers, scores by
-hand, training-set normalisation, end-to-end fit/predict, persistence, config, and signal."""
+hand, training-set normalisation (calibration), end-to-end fit/predict, training on a config
+without its inference keys, persistence, config, and signal."""
 
 import math
 from dataclasses import asdict
@@ -11,10 +12,11 @@ import torch
 from diffusers import DDPMScheduler
 from sklearn.metrics import roc_auc_score
 
-from anodiff.config import ConfigError, deep_merge, load_method_config
+from anodiff.config import ConfigError, UnavailableKeyError, deep_merge, load_method_config, training_view
 from anodiff.methods import get_method
 from anodiff.methods.base import FeatureSet, TrainCallbacks
-from anodiff.methods.inversion import ENTRY, InversionConfig, InversionDetector
+from anodiff.methods.inversion import ENTRY, InversionConfig
+from anodiff.methods.inversion.method import InversionDetector
 from anodiff.methods.inversion.inversion import (
     ddim_invert,
     ddim_sample,
@@ -54,8 +56,11 @@ def random_features(n=16, channels=8, size=4, seed=0) -> torch.Tensor:
 
 
 def fitted(overrides=None, features=None) -> InversionDetector:
+    """Fitted and calibrated, as the pipeline leaves a model before inference."""
     detector = InversionDetector(tiny_config(overrides), torch.device("cpu"))
-    detector.fit(feature_set(random_features() if features is None else features), QUIET)
+    train = feature_set(random_features() if features is None else features)
+    detector.fit(train, QUIET)
+    detector.calibrate(train)
     return detector
 
 
@@ -224,16 +229,16 @@ def test_fit_predict_shapes_finite_and_deterministic():
 def test_state_dict_round_trip_gives_identical_predictions(tmp_path):
     detector = fitted()
     torch.save(detector.state_dict(), tmp_path / "model.pt")
+    assert set(detector.state_dict()) == {"unet", "channels", "train_losses"}  # weights only
     restored = InversionDetector(tiny_config(), torch.device("cpu"))
-    restored.load_state_dict(torch.load(tmp_path / "model.pt", weights_only=False))
+    restored.load_state_dict(torch.load(tmp_path / "model.pt", weights_only=True))
+    restored.load_calibration(detector.calibrate(feature_set(random_features())))
     test = feature_set(random_features(6, seed=2))
     original, reloaded = detector.predict(test), restored.predict(test)
     np.testing.assert_array_equal(original.image_score, reloaded.image_score)
     np.testing.assert_array_equal(original.anomaly_map, reloaded.anomaly_map)
-    other_config = tiny_config({"diffusion": {"beta_end": 0.03}})
-    other = InversionDetector(other_config, torch.device("cpu"))
-    with pytest.raises(ValueError, match="diffusion"):
-        other.load_state_dict(detector.state_dict())
+    with pytest.raises(ValueError, match="expected"):
+        restored.load_calibration({"nll_min": 0.0})
 
 
 def test_calibrate_redoes_the_score_range_for_new_inference_settings():
@@ -242,17 +247,40 @@ def test_calibrate_redoes_the_score_range_for_new_inference_settings():
     detector = fitted(features=train.features)
     reused = InversionDetector(tiny_config({"inference": {"num_inversion_steps": 3}}), torch.device("cpu"))
     reused.load_state_dict(detector.state_dict())
-    assert reused.score_stats == detector.score_stats  # stale until calibrated
-    reused.calibrate(train)
-    assert reused.score_stats != detector.score_stats
+    with pytest.raises(RuntimeError, match="call calibrate"):  # no stale range of other settings
+        reused.predict(feature_set(random_features(3, seed=4)))
+    state = reused.calibrate(train)
+    assert state == reused.score_stats != detector.score_stats
+    assert set(state) == {"nll_min", "nll_max", "spatial_norm_min", "spatial_norm_max"}
+    assert all(type(value) is float for value in state.values())  # JSON-able
     scores = reused._score(train.features, reconstruct=False, with_maps=False, progress=False)
-    assert reused.score_stats["nll_max"] == pytest.approx(scores["nll"].max().item())
+    assert state["nll_max"] == pytest.approx(scores["nll"].max().item())
+    # scores that are not normalised need no calibration
+    nll = InversionDetector(tiny_config({"inference": {"score": "nll"}}), torch.device("cpu"))
+    nll.load_state_dict(detector.state_dict())
+    assert nll.predict(feature_set(random_features(3, seed=4))).image_score.shape == (3,)
+
+
+def test_fit_on_a_training_view_reads_no_inference_key(tmp_path):
+    """The train job builds and fits on the config without ``inference``; its weights score
+    exactly as those of a detector fitted with the full config."""
+    config = tiny_config()
+    view = training_view(InversionConfig, asdict(config), ENTRY.inference_keys)
+    with pytest.raises(UnavailableKeyError, match="InversionConfig.inference is an inference key"):
+        view.inference.score
+    train = feature_set(random_features())
+    trained = ENTRY.build(view, torch.device("cpu"), tmp_path)
+    trained.fit(train, QUIET)
+    scorer = ENTRY.build(config, torch.device("cpu"), tmp_path)
+    scorer.load_state_dict(trained.state_dict())
+    scorer.calibrate(train)
+    test = feature_set(random_features(6, seed=2))
+    np.testing.assert_array_equal(scorer.predict(test).image_score, fitted().predict(test).image_score)
 
 
 def test_reconstruction_variant_scores_the_max_of_the_error_map():
     detector = fitted({"inference": {"score": "reconstruction", "reconstruction_steps": 10,
                                      "reconstruction_start_fraction": 0.2}})
-    assert detector.reconstruction_timesteps == [99, 199]
     prediction = detector.predict(feature_set(random_features(5, seed=3)))
     assert set(prediction.extras) == {"nll", "spatial_norm", "reconstruction"}
     np.testing.assert_array_equal(prediction.image_score, prediction.extras["reconstruction"])
@@ -267,6 +295,9 @@ def test_clear_errors_for_untrained_model_and_wrong_features():
         detector.predict(feature_set(random_features()))
     with pytest.raises(ValueError, match="feature_size"):
         detector.fit(feature_set(random_features(size=8)), QUIET)
+    detector.fit(feature_set(random_features()), QUIET)
+    with pytest.raises(RuntimeError, match="call calibrate"):
+        detector.predict(feature_set(random_features()))
 
 
 def test_trained_model_scores_off_manifold_features_higher():
@@ -293,7 +324,9 @@ def test_trained_model_scores_off_manifold_features_higher():
         "training": {"epochs": 40, "batch_size": 16, "lr": 2e-3},
         "inference": {"batch_size": 64},
     }), torch.device("cpu"))
-    detector.fit(feature_set(normal(128)), QUIET)
+    train = feature_set(normal(128))
+    detector.fit(train, QUIET)
+    detector.calibrate(train)
     test, labels = torch.cat([normal(32), anomalous(32)]), np.r_[np.zeros(32), np.ones(32)]
     raw = map_range(spatial_norm_map(test)).numpy()  # the same score on the untransformed features
     assert roc_auc_score(labels, raw) < 0.75
@@ -334,22 +367,3 @@ def test_training_hash_ignores_only_the_inference_section():
     assert ENTRY.training_hash(base) == ENTRY.training_hash(tiny_config({"inference": {"score": "nll"}}))
     assert ENTRY.training_hash(base) == ENTRY.training_hash(asdict(base))  # a saved model's config
     assert ENTRY.training_hash(base) != ENTRY.training_hash(tiny_config({"training": {"lr": 3e-4}}))
-
-
-def test_a_model_trained_with_another_training_config_is_never_reused(tmp_path):
-    """pipeline.train refuses a shared model whose training config differs, before any run."""
-    from anodiff.features import save_feature_set
-    from anodiff.pipeline import train
-    from anodiff.tracking import TrackingConfig
-
-    cache = tmp_path / "train.pt"
-    save_feature_set(feature_set(random_features()), cache, pretrained_loaded=False)
-    detector = fitted()
-    torch.save({"method": "inversion", "config": asdict(tiny_config({"training": {"lr": 3e-4}})),
-                "state": detector.state_dict(), "run_id": "owner"}, tmp_path / "owner.pt")
-    tracking = TrackingConfig(f"sqlite:///{tmp_path}/mlflow.db", "test", str(tmp_path / "artifacts"))
-    with pytest.raises(ValueError, match="only variants that differ in \\['inference'\\]"):
-        train("inversion", DEFAULTS, deep_merge(TINY, {"inference": {"score": "nll"}}), [cache],
-              tmp_path / "model.pt", tmp_path / "run.json", tracking, {}, tmp_path, device="cpu",
-              shared_model=tmp_path / "owner.pt")
-    assert not (tmp_path / "model.pt").exists() and not (tmp_path / "mlflow.db").exists()

@@ -1,7 +1,9 @@
 """PatchCore (Roth et al., CVPR 2022): patch features, coreset order on known points, chunked
-nearest neighbours, Eq. 7 by hand, scores of training patches, maps, persistence, config."""
+nearest neighbours, Eq. 7 by hand, scores of training patches, maps, persistence, training on
+a config without its inference keys, config."""
 
 import math
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -9,9 +11,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from anodiff.config import ConfigError, deep_merge, load_method_config
+from anodiff.config import ConfigError, UnavailableKeyError, deep_merge, load_method_config, training_view
 from anodiff.methods.base import FeatureSet, TrainCallbacks
-from anodiff.methods.patchcore import ENTRY, PatchCoreConfig, PatchCoreDetector
+from anodiff.methods.patchcore import ENTRY, PatchCoreConfig
+from anodiff.methods.patchcore.method import PatchCoreDetector
 from anodiff.methods.patchcore.torch_model import (
     aggregate_neighbourhood,
     anomaly_maps,
@@ -232,9 +235,20 @@ def test_state_dict_round_trip_reproduces_the_predictions():
     after = restored.predict(test)
     np.testing.assert_array_equal(before.image_score, after.image_score)
     np.testing.assert_array_equal(before.anomaly_map, after.anomaly_map)
-    # scoring settings may change; settings the memory bank depends on may not
-    state = detector.state_dict()
-    PatchCoreDetector(tiny_config({"num_neighbors": 5}), torch.device("cpu")).load_state_dict(state)
-    changed = PatchCoreDetector(tiny_config({"coreset_ratio": 0.2}), torch.device("cpu"))
-    with pytest.raises(ValueError, match="coreset_ratio"):
-        changed.load_state_dict(state)
+    assert set(detector.state_dict()) == {"memory_bank"}
+
+
+def test_the_memory_bank_is_built_from_a_training_view(tmp_path):
+    """Scoring settings are inference keys: the bank is built without them and shared by them."""
+    config = tiny_config()
+    view = training_view(PatchCoreConfig, asdict(config), ENTRY.inference_keys)
+    with pytest.raises(UnavailableKeyError, match="PatchCoreConfig.num_neighbors is an inference key"):
+        view.num_neighbors
+    trained = ENTRY.build(view, torch.device("cpu"), tmp_path)
+    trained.fit(feature_set(random_features()), QUIET)
+    scorer = ENTRY.build(tiny_config({"num_neighbors": 5}), torch.device("cpu"), tmp_path)
+    scorer.load_state_dict(trained.state_dict())
+    torch.testing.assert_close(scorer.memory_bank, fitted().memory_bank, rtol=0, atol=0)
+    assert scorer.predict(feature_set(random_features(n=2, seed=7))).image_score.shape == (2,)
+    assert ENTRY.training_hash(config) == ENTRY.training_hash(tiny_config({"num_neighbors": 5}))
+    assert ENTRY.training_hash(config) != ENTRY.training_hash(tiny_config({"coreset_ratio": 0.2}))

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from anodiff.config import load_method_config
 from anodiff.methods import REGISTRY
-from anodiff.pipeline import method_config
 from anodiff.throughput import measure_throughput
 
 REPO = Path(__file__).resolve().parents[1]
@@ -54,7 +54,8 @@ TINY = {
 @pytest.mark.parametrize("method", sorted(REGISTRY))
 def test_every_registered_method_is_benchmarked(method, tmp_path):
     overrides, expected_nfe = TINY[method]
-    config = method_config(method, REPO / "config" / "methods" / f"{method}.yaml", overrides)
+    config = load_method_config(REGISTRY[method].config_class, REPO / "config" / "methods" / f"{method}.yaml",
+                                overrides)
     with pytest.warns(UserWarning, match="RANDOM"):
         result = measure_throughput(method, config, torch.device("cpu"), tmp_path, batch_size=2,
                                     repeats=1, fit_images=4)

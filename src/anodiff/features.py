@@ -20,7 +20,8 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from anodiff.data.mvtec import MVTecDataset
-from anodiff.methods.base import FeatureSet, FeatureSpec
+from anodiff.methods.base import FeatureSet
+from anodiff.methods.spec import FeatureSpec
 from anodiff.utils import atomic_torch_save
 from anodiff.weights import load_timm
 

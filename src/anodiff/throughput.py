@@ -75,10 +75,12 @@ def measure_throughput(
     detector = entry.build(config, device, weights_dir)
     with torch.enable_grad():
         train_set = _feature_set(extractor(images(fit_images)).cpu(), spec.image_size)
-        if entry.pretrain is not None:
+        if entry.has_pretrain:
             callbacks = TrainCallbacks(show_progress=False)
             detector.load_pretrained(entry.pretrain(config, train_set, device, weights_dir, callbacks))
         detector.fit(train_set, TrainCallbacks(show_progress=False))
+        if entry.calibrates:
+            detector.calibrate(train_set)
 
     batch = images(batch_size)
     detector.predict(_feature_set(extractor(batch).cpu(), spec.image_size))  # warm-up

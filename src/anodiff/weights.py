@@ -4,7 +4,7 @@ Compute nodes of a cluster often have no internet, so the ``fetch_weights`` rule
 node with network) downloads every weight file the configured methods name, and every
 compute job loads with ``local_files_only``. A method lists what it needs as
 :class:`PretrainedWeights` (``MethodEntry.pretrained_weights``); its feature backbone is
-listed by its :class:`~anodiff.methods.base.FeatureSpec`.
+listed by its :class:`~anodiff.methods.spec.FeatureSpec`.
 
 Offline demos may set ``allow_random_weights``: missing weights then become a seeded
 random initialisation with a loud warning, so train and test jobs still share one network.
@@ -17,10 +17,10 @@ import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-import torch
-from torch import nn
+if TYPE_CHECKING:  # torch is imported where a network is built: the DAG lists weights without it
+    from torch import nn
 
 log = logging.getLogger(__name__)
 
@@ -172,6 +172,8 @@ def _load(
 def _seeded(random_model: Callable[[], nn.Module]) -> nn.Module:
     """Random, but the same in every job: train and test must see one network although each
     is built by a separate process."""
+    import torch
+
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(RANDOM_WEIGHTS_SEED)
         return random_model()

@@ -4,7 +4,7 @@ The values live in ``config/methods/d3ad.yaml`` (paper values, each with its sou
 dataclasses only give them types and check them, so no field has a Python default and the
 YAML file is the single place a number is written down. The forward process is the shared
 ``diffusion`` section; the latent UNet has the same fields as the inversion method's UNet,
-so that section is reused.
+so that section (``spec.UNetConfig``) is shared.
 
 Ablation switches: Table 4 -> ``conditioning.dynamic: false`` with ``static_timestep`` 20 /
 40 / 60 / 80; Table 5 "DS" (downscaling = noiseless scaling) -> ``reconstruction.noise_fraction``
@@ -17,9 +17,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from anodiff.methods.base import DiffusionConfig
 from anodiff.methods.d3ad.dic import timestep_for_bin
-from anodiff.methods.inversion.config import UNetConfig
+from anodiff.methods.spec import DiffusionConfig, UNetConfig
+from anodiff.weights import PretrainedWeights
 
 
 @dataclass
@@ -30,6 +30,11 @@ class PretrainedConfig:
     vae_subfolder: str  # "" when the autoencoder is the repo itself
     allow_random_weights: bool  # offline demo only: a seeded random stand-in, see anodiff.weights
     random_vae: dict[str, Any]  # diffusers AutoencoderKL arguments of the random stand-in
+
+    def weights(self) -> PretrainedWeights:
+        """The autoencoder to fetch and load."""
+        return PretrainedWeights("diffusers", self.vae_model_id, self.vae_subfolder,
+                                 allow_random_weights=self.allow_random_weights)
 
 
 @dataclass

@@ -9,14 +9,19 @@ rounding to a multiple of 10.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
-from sklearn.neighbors import NearestNeighbors
+
+if TYPE_CHECKING:
+    from sklearn.neighbors import NearestNeighbors
 
 
 def fit_knn(train_features: np.ndarray, k: int) -> NearestNeighbors:
     """The exact L1 nearest-neighbour index over ``Y_Train`` (Sec. 5: K = 20, L1)."""
+    # imported here: the config imports timestep_for_bin and must import without scikit-learn
+    from sklearn.neighbors import NearestNeighbors
+
     return NearestNeighbors(n_neighbors=k, metric="manhattan").fit(train_features)
 
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -37,7 +36,7 @@ from diffusers import AutoencoderKL, DDPMScheduler, UNet2DModel
 from sklearn.neighbors import NearestNeighbors
 from tqdm.auto import tqdm
 
-from anodiff.methods.base import FeatureSet, FeatureSpec, Prediction, TrainCallbacks, checked_pixels
+from anodiff.methods.base import FeatureSet, Prediction, TrainCallbacks, checked_pixels
 from anodiff.methods.d3ad.config import D3ADConfig
 from anodiff.methods.d3ad.dic import bin_edges, find_bin, fit_knn, mean_knn_distance, timestep_for_bin
 from anodiff.methods.d3ad.reconstruction import reconstruct
@@ -52,34 +51,11 @@ from anodiff.methods.d3ad.scoring import (
 from anodiff.methods.d3ad.torch_model import AdaptableExtractor, decode, encode, knn_features, vae_downsampling
 from anodiff.methods.inversion.torch_model import build_unet
 from anodiff.training import train_epochs
-from anodiff.weights import PretrainedWeights, load_diffusers, load_timm
+from anodiff.weights import load_diffusers, load_timm
 
 log = logging.getLogger(__name__)
 
 MAPS = ("latent", "feature")  # l_map and f_map, normalised by their training range
-
-
-def _vae_weights(config: D3ADConfig) -> PretrainedWeights:
-    p = config.pretrained
-    return PretrainedWeights("diffusers", p.vae_model_id, p.vae_subfolder,
-                             allow_random_weights=p.allow_random_weights)
-
-
-def _weights_fingerprint(config: dict[str, Any]) -> dict[str, Any]:
-    """The config the saved state depends on: everything but the map fusion and batch sizes
-    of inference (the training-set map ranges are computed before fusion)."""
-    reconstruction = {k: v for k, v in config["reconstruction"].items() if k != "batch_size"}
-    kept = {k: v for k, v in config.items() if k not in ("anomaly_map", "reconstruction")}
-    return _comparable({**kept, "reconstruction": reconstruction})
-
-
-def _comparable(value: Any) -> Any:
-    """Tuples and lists compare equal (YAML gives lists, dataclasses tuples)."""
-    if isinstance(value, dict):
-        return {k: _comparable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_comparable(v) for v in value]
-    return value
 
 
 class D3ADDetector:
@@ -93,7 +69,7 @@ class D3ADDetector:
         self.noise_scheduler = DDPMScheduler(num_train_timesteps=d.num_train_timesteps,  # Eq. 1-3
                                              beta_schedule=d.beta_schedule, beta_start=d.beta_start,
                                              beta_end=d.beta_end)
-        self.vae: AutoencoderKL = load_diffusers(AutoencoderKL, _vae_weights(config), weights_dir,
+        self.vae: AutoencoderKL = load_diffusers(AutoencoderKL, config.pretrained.weights(), weights_dir,
                                                  config.pretrained.random_vae)[0]
         self.vae.to(self.device).eval().requires_grad_(False)
         self.latent_size = self._latent_size()
@@ -326,24 +302,19 @@ class D3ADDetector:
             "extractor": {k: v.cpu() for k, v in self.extractor.state_dict().items()},
             "train_knn_features": self.train_knn_features,
             "train_knn_distances": self.train_knn_distances,
-            "bin_edges": self.bin_edges,
+            # a tensor: torch.load(weights_only=True) refuses numpy arrays
+            "bin_edges": None if self.bin_edges is None else torch.from_numpy(self.bin_edges),
             "map_ranges": dict(self.map_ranges),
             "train_losses": list(self.train_losses),
             "adaptation_losses": list(self.adaptation_losses),
-            "config": asdict(self.config),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        saved, current = _weights_fingerprint(state["config"]), _weights_fingerprint(asdict(self.config))
-        changed = sorted(key for key in current if saved.get(key) != current[key])
-        if changed:
-            raise ValueError(f"the saved model was trained with different {', '.join(changed)}: saved "
-                             f"{[saved.get(k) for k in changed]}, configured {[current[k] for k in changed]}")
         self.unet.load_state_dict(state["unet"])
         self.extractor.load_state_dict(state["extractor"])
         self.train_knn_features = state["train_knn_features"]
         self.train_knn_distances = state["train_knn_distances"]
-        self.bin_edges = state["bin_edges"]
+        self.bin_edges = None if state["bin_edges"] is None else state["bin_edges"].numpy()
         if self.train_knn_features is not None:
             self._knn = self._fit_knn()
         self.map_ranges = dict(state["map_ranges"])
@@ -352,22 +323,5 @@ class D3ADDetector:
 
 
 # ----------------------------------------------------------------------------- entry points
-def feature_spec(config: D3ADConfig) -> FeatureSpec:
-    """D3AD runs its own networks on the resized images."""
-    return FeatureSpec.pixels(config.image_size)
-
-
-def pretrained_weights(config: D3ADConfig) -> tuple[PretrainedWeights, ...]:
-    """The KL autoencoder and the ImageNet ResNet-34."""
-    f = config.feature_extractor
-    extractor = PretrainedWeights("timm", f.name, allow_random_weights=f.allow_random_weights)
-    return (_vae_weights(config), extractor) if f.pretrained else (_vae_weights(config),)
-
-
-def nfe(config: D3ADConfig) -> int:
-    """UNet evaluations per image: S DDIM steps, whatever T_hat (Sec. 5: 10)."""
-    return config.reconstruction.num_ddim_steps
-
-
 def build(config: D3ADConfig, device: torch.device, weights_dir: Path) -> D3ADDetector:
     return D3ADDetector(config, device, weights_dir)

@@ -12,7 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from anodiff.methods.base import DiffusionConfig
+from anodiff.methods.spec import DiffusionConfig
+from anodiff.weights import PretrainedWeights
 
 # "diad": SD + Semantic-Guided network (the method); "ldm": SD alone, Table 5 "SD" and the
 # LDM baseline of Tables 1-4; "ddpm": a pixel-space UNet, the DDPM baseline of Tables 1-4.
@@ -31,6 +32,11 @@ class PretrainedConfig:
     allow_random_weights: bool  # offline demo only: seeded random stand-ins, see anodiff.weights
     random_vae: dict[str, Any]  # diffusers AutoencoderKL arguments of the random stand-in
     random_unet: dict[str, Any]  # diffusers UNet2DConditionModel arguments of the random stand-in
+
+    def weights(self, subfolder: str) -> PretrainedWeights:
+        """One component (``vae_subfolder`` or ``unet_subfolder``) of the Stable Diffusion repo."""
+        return PretrainedWeights("diffusers", self.model_id, subfolder,
+                                 allow_random_weights=self.allow_random_weights)
 
 
 @dataclass
@@ -184,6 +190,11 @@ class DiADConfig:
             raise ValueError(
                 f"image_size={self.image_size} is too small for {self.anomaly_map.pool_rounds} rounds "
                 f"of {self.anomaly_map.pool_size}x{self.anomaly_map.pool_size} pooling of the image score"
+            )
+        if self.inference.ddim_steps > self.diffusion.num_train_timesteps:
+            raise ValueError(
+                f"inference.ddim_steps={self.inference.ddim_steps} exceeds "
+                f"diffusion.num_train_timesteps={self.diffusion.num_train_timesteps}"
             )
         if not 1 <= self.inference.forward_timesteps <= self.diffusion.num_train_timesteps:
             raise ValueError(

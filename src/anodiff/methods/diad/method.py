@@ -15,8 +15,6 @@ reconstruction and scoring otherwise.
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +23,7 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel, UNet2DModel
 from tqdm.auto import tqdm
 
-from anodiff.methods.base import FeatureSet, FeatureSpec, Prediction, TrainCallbacks, checked_pixels
+from anodiff.methods.base import FeatureSet, Prediction, TrainCallbacks, checked_pixels
 from anodiff.methods.diad.config import DiADConfig
 from anodiff.methods.diad.torch_model import (
     SFF_TARGET,
@@ -42,22 +40,12 @@ from anodiff.methods.diad.torch_model import (
     trainable_parts,
 )
 from anodiff.training import train_epochs
-from anodiff.weights import PretrainedWeights, load_diffusers, load_timm
-
-# Config sections the saved weights depend on: a saved model is only valid under the same values.
-WEIGHT_FIELDS = ("variant", "image_size", "pretrained", "ddpm_unet", "semantic_guided", "diffusion",
-                 "autoencoder_finetune", "training")
-
-
-def _sd_weights(config: DiADConfig, subfolder: str) -> PretrainedWeights:
-    """One component of the Stable Diffusion repo."""
-    p = config.pretrained
-    return PretrainedWeights("diffusers", p.model_id, subfolder, allow_random_weights=p.allow_random_weights)
+from anodiff.weights import load_diffusers, load_timm
 
 
 def load_vae(config: DiADConfig, weights_dir: Path) -> AutoencoderKL:
     """SD's KL autoencoder {E, D} from ``weights_dir`` (before fine-tuning)."""
-    weights = _sd_weights(config, config.pretrained.vae_subfolder)
+    weights = config.pretrained.weights(config.pretrained.vae_subfolder)
     vae, _ = load_diffusers(AutoencoderKL, weights, weights_dir, config.pretrained.random_vae)
     return vae
 
@@ -81,7 +69,7 @@ def build_denoiser(config: DiADConfig, weights_dir: Path) -> Denoiser:
         torch.manual_seed(config.training.seed)
         if config.variant == "ddpm":
             return Denoiser(UNet2DModel(**config.ddpm_unet), None)
-        weights = _sd_weights(config, config.pretrained.unet_subfolder)
+        weights = config.pretrained.weights(config.pretrained.unet_subfolder)
         unet, _ = load_diffusers(UNet2DConditionModel, weights, weights_dir, config.pretrained.random_unet)
         guided = build_semantic_guided(unet, config.semantic_guided) if config.variant == "diad" else None
         return Denoiser(unet, guided)
@@ -94,20 +82,15 @@ class DiADDetector:
     def __init__(self, config: DiADConfig, device: torch.device, weights_dir: Path) -> None:
         self.config = config
         self.device = torch.device(device)
+        self.weights_dir = weights_dir
         self.scheduler = build_scheduler(config)
-        self.timesteps = denoising_timesteps(self.scheduler, config.inference.ddim_steps,
-                                             config.inference.forward_timesteps)
         self.vae = load_vae(config, weights_dir).to(self.device).eval() if config.latent else None
         self.denoiser = build_denoiser(config, weights_dir).to(self.device).eval()
         train_sd = "all" if config.variant == "ddpm" else config.training.train_sd
         self.trainable = trainable_parts(self.denoiser, train_sd)
         if self.vae is not None:
             self.vae.requires_grad_(False)
-        m = config.anomaly_map
-        backbone, _ = load_timm(m.backbone, weights_dir, pretrained=m.pretrained,
-                                allow_random_weights=m.allow_random_weights, features_only=True,
-                                out_indices=tuple(m.layers))
-        self.features = ImageFeatures(backbone).to(self.device)
+        self._features: ImageFeatures | None = None  # Psi, loaded by the first predict
         self.train_losses: list[float] = []
         self.fitted = False
         self._check_sizes()
@@ -174,6 +157,17 @@ class DiADDetector:
         self.fitted = True
 
     # ------------------------------------------------------------------------- inference
+    @property
+    def features(self) -> ImageFeatures:
+        """The anomaly map's frozen feature extractor Psi (``anomaly_map``, an inference key)."""
+        if self._features is None:
+            m = self.config.anomaly_map
+            backbone, _ = load_timm(m.backbone, self.weights_dir, pretrained=m.pretrained,
+                                    allow_random_weights=m.allow_random_weights, features_only=True,
+                                    out_indices=tuple(m.layers))
+            self._features = ImageFeatures(backbone).to(self.device)
+        return self._features
+
     @torch.no_grad()
     def reconstruct(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """x0_hat = D(DDIM(noised E(x0))): images (B, 3, H, W) in [0, 1] -> the same shape, clamped.
@@ -185,8 +179,10 @@ class DiADDetector:
         if self.vae is not None:
             x0 = self.vae.config.scaling_factor * self.vae.encode(x).latent_dist.mean
         noise = torch.randn(x0.shape, generator=generator).to(self.device)
+        inference = self.config.inference
+        timesteps = denoising_timesteps(self.scheduler, inference.ddim_steps, inference.forward_timesteps)
         out = ddim_reconstruct(self.denoiser, self.scheduler, x0, x, noise,
-                               self.config.inference.forward_timesteps - 1, self.timesteps)
+                               inference.forward_timesteps - 1, timesteps)
         if self.vae is not None:
             out = self.vae.decode(out / self.vae.config.scaling_factor).sample
         return ((out + 1) / 2).clamp(0, 1)
@@ -224,24 +220,13 @@ class DiADDetector:
             "vae": None if self.vae is None else {k: v.cpu() for k, v in self.vae.state_dict().items()},
             "trainable": {k: v.cpu() for k, v in self.trainable.state_dict().items()},
             "train_losses": list(self.train_losses),
-            "config": asdict(self.config),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        saved, current = state["config"], asdict(self.config)
-        changed = [key for key in WEIGHT_FIELDS if _comparable(saved[key]) != _comparable(current[key])]
-        if changed:
-            raise ValueError(f"the saved model was trained with different {', '.join(changed)}: saved "
-                             f"{[saved[k] for k in changed]}, configured {[current[k] for k in changed]}")
         self.load_pretrained(state)
         self.trainable.load_state_dict(state["trainable"])
         self.train_losses = list(state["train_losses"])
         self.fitted = True
-
-
-def _comparable(value: Any) -> Any:
-    """Tuples and lists compare equal (YAML gives lists, dataclasses tuples)."""
-    return json.loads(json.dumps(value))
 
 
 # ----------------------------------------------------------------------------- entry points
@@ -262,27 +247,6 @@ def pretrain(config: DiADConfig, train: FeatureSet, device: torch.device, weight
                          images, epochs=finetune.epochs, batch_size=finetune.batch_size,
                          seed=finetune.seed, callbacks=callbacks)
     return {"vae": {k: v.cpu() for k, v in vae.state_dict().items()}, "losses": state.losses}
-
-
-def feature_spec(config: DiADConfig) -> FeatureSpec:
-    """DiAD runs its own networks on the resized images."""
-    return FeatureSpec.pixels(config.image_size)
-
-
-def pretrained_weights(config: DiADConfig) -> tuple[PretrainedWeights, ...]:
-    """SD's autoencoder and UNet (not for ``ddpm``) and the anomaly-map backbone."""
-    subfolders = (config.pretrained.vae_subfolder, config.pretrained.unet_subfolder) if config.latent else ()
-    found = [_sd_weights(config, subfolder) for subfolder in subfolders]
-    m = config.anomaly_map
-    if m.pretrained:
-        found.append(PretrainedWeights("timm", m.backbone, allow_random_weights=m.allow_random_weights))
-    return tuple(found)
-
-
-def nfe(config: DiADConfig) -> int:
-    """Denoiser evaluations per image: the DDIM steps at or below T' - 1 (10 by default)."""
-    return len(denoising_timesteps(build_scheduler(config), config.inference.ddim_steps,
-                                   config.inference.forward_timesteps))
 
 
 def build(config: DiADConfig, device: torch.device, weights_dir: Path) -> DiADDetector:

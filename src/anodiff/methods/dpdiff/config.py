@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from anodiff.methods.base import BackboneConfig, DiffusionConfig
+from anodiff.methods.spec import BackboneConfig, DiffusionConfig
 
 Architecture = Literal["dit", "uvit", "unet", "none"]
 Score = Literal["reconstruction", "local_prototypes", "global_prototypes"]

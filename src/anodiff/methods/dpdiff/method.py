@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections import defaultdict
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ import torch.nn.functional as F
 from diffusers import DDPMScheduler
 from tqdm.auto import tqdm
 
-from anodiff.methods.base import FeatureSet, FeatureSpec, Prediction, TrainCallbacks
+from anodiff.methods.base import FeatureSet, Prediction, TrainCallbacks
 from anodiff.methods.dpdiff.config import DPDiffConfig
 from anodiff.methods.dpdiff.losses import (
     cosine_distances,
@@ -34,9 +33,6 @@ from anodiff.methods.dpdiff.losses import (
 from anodiff.methods.dpdiff.scoring import ddim_reconstruct, image_score, reconstruction_error_map, upsample
 from anodiff.methods.dpdiff.torch_model import DPDiffModel, concat_prototypes
 from anodiff.training import train_epochs
-
-# Config sections the trained weights depend on: a saved model is only valid under the same.
-WEIGHT_SECTIONS = ("backbone", "prototypes", "denoiser", "diffusion")
 
 
 def to_tokens(features: torch.Tensor) -> torch.Tensor:
@@ -206,30 +202,12 @@ class DPDiffDetector:
             "model": {k: v.cpu() for k, v in self._fitted_model().state_dict().items()},
             "channels": self.channels,
             "train_losses": list(self.train_losses),
-            "config": asdict(self.config),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        saved, current = state["config"], asdict(self.config)
-        changed = [name for name in WEIGHT_SECTIONS if saved[name] != current[name]]
-        if changed:
-            raise ValueError(
-                f"the saved model was trained with different {', '.join(changed)} settings: "
-                f"saved {[saved[k] for k in changed]}, configured {[current[k] for k in changed]}"
-            )
         self._build_model(int(state["channels"])).load_state_dict(state["model"])
         self.train_losses = list(state["train_losses"])
 
 
-def feature_spec(config: DPDiffConfig) -> FeatureSpec:
-    """The cached features: the configured blocks' tokens, averaged over layers (Eq. 9)."""
-    return config.backbone.feature_spec()
-
-
 def build(config: DPDiffConfig, device: torch.device, weights_dir: Path) -> DPDiffDetector:
     return DPDiffDetector(config, device)
-
-
-def nfe(config: DPDiffConfig) -> int:
-    """Denoiser calls per image: one per DDIM step; none for the prototype-only scores."""
-    return config.inference.num_ddim_steps if config.inference.score == "reconstruction" else 0

@@ -2,21 +2,33 @@
 
 A diffusion model is trained on frozen EfficientNet-B4 features; a test image's features are
 mapped to the latent ``x_T`` by S-step DDIM inversion and scored by their typicality under
-``N(0, I)``. Paper defaults: ``config/methods/inversion.yaml``.
+``N(0, I)``. Paper defaults: ``config/methods/inversion.yaml``. The detector is in
+:mod:`anodiff.methods.inversion.method`.
 """
 
-from anodiff.methods.base import MethodEntry
 from anodiff.methods.inversion.config import InversionConfig
-from anodiff.methods.inversion.method import InversionDetector, build, feature_spec
+from anodiff.methods.spec import FeatureSpec, MethodEntry
+
+
+def feature_spec(config: InversionConfig) -> FeatureSpec:
+    """The cached features: the configured timm stages resized to ``feature_size`` (Sec. 4.3)."""
+    return config.backbone.feature_spec()
+
+
+def nfe(config: InversionConfig) -> int:
+    """UNet evaluations per image: one per inversion step (Table 1)."""
+    return config.inference.num_inversion_steps
+
 
 ENTRY = MethodEntry(
     key="inversion",
     config_class=InversionConfig,
-    feature_spec=feature_spec,
-    build=build,
     paper="002_6c3da90b684e239d.txt (Sakai & Hasegawa)",
-    nfe=lambda config: config.inference.num_inversion_steps,  # Table 1: one UNet call per step
+    feature_spec=feature_spec,
+    nfe=nfe,
     inference_keys=("inference",),  # Tables 3-4: inversion steps and scores
+    calibrates=True,  # the combined score's Normalize uses the training score range (Algorithm 1)
+    implementation="anodiff.methods.inversion.method",
 )
 
-__all__ = ["ENTRY", "InversionConfig", "InversionDetector"]
+__all__ = ["ENTRY", "InversionConfig"]

@@ -11,59 +11,9 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-from anodiff.methods.base import BackboneConfig, DiffusionConfig
+from anodiff.methods.spec import BackboneConfig, DiffusionConfig, UNetConfig
 
 Score = Literal["combined", "nll", "spatial_norm", "reconstruction"]
-
-
-@dataclass
-class UNetConfig:
-    """Size of the diffusers ``UNet2DModel`` noise predictor eps_theta (Sec. 5.1, "UNet").
-
-    Attention is given by ``attention_resolutions`` (downsampling factors, the official
-    code's parameterisation) rather than by block-type names, so an override that changes the
-    number of levels keeps a consistent model; :meth:`attention_levels` turns it into one flag
-    per level and ``torch_model.build_unet`` into diffusers block types.
-    """
-
-    block_out_channels: tuple[int, ...]  # channels of each resolution level
-    layers_per_block: int  # ResNet blocks per down level (up levels get one more)
-    attention_resolutions: tuple[int, ...]  # downsampling factors 2**level with self-attention
-    attention_head_dim: int  # channels per attention head
-    mid_block_attention: bool  # self-attention in the bottleneck block
-    norm_num_groups: int  # GroupNorm groups
-    dropout: float
-
-    def attention_levels(self) -> tuple[bool, ...]:
-        """One flag per level: does level ``i`` (downsampling factor ``2**i``) use attention."""
-        return tuple(2**i in self.attention_resolutions for i in range(len(self.block_out_channels)))
-
-    def __post_init__(self) -> None:
-        if not self.block_out_channels or min(self.block_out_channels) <= 0:
-            raise ValueError(f"unet.block_out_channels must be positive, got {self.block_out_channels}")
-        if self.layers_per_block < 1:
-            raise ValueError(f"unet.layers_per_block must be >= 1, got {self.layers_per_block}")
-        bad = [c for c in self.block_out_channels if c % self.norm_num_groups]
-        if self.norm_num_groups < 1 or bad:
-            raise ValueError(
-                f"unet.norm_num_groups={self.norm_num_groups} must divide every entry of "
-                f"unet.block_out_channels {self.block_out_channels}"
-            )
-        if any(r < 1 or r & (r - 1) for r in self.attention_resolutions):
-            raise ValueError(
-                f"unet.attention_resolutions are downsampling factors (1, 2, 4, ...), got "
-                f"{self.attention_resolutions}"
-            )
-        with_attention = [c for c, a in zip(self.block_out_channels, self.attention_levels()) if a]
-        if self.mid_block_attention:
-            with_attention.append(self.block_out_channels[-1])
-        if self.attention_head_dim < 1 or any(c % self.attention_head_dim for c in with_attention):
-            raise ValueError(
-                f"unet.attention_head_dim={self.attention_head_dim} must divide the channels of "
-                f"every level with attention {with_attention}"
-            )
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"unet.dropout must be in [0, 1), got {self.dropout}")
 
 
 @dataclass

@@ -1,16 +1,16 @@
 """InversionAD as an anodiff detector.
 
 ``fit`` trains the noise predictor eps_theta on frozen backbone features with the DDPM loss
-(Eq. 9, gamma = 1); ``predict`` maps each test feature map to its latent ``x_T`` by DDIM
-inversion in S steps (Eq. 15) and scores how typical ``x_T`` is under ``N(0, I)``
-(Sec. 4.4, Algorithm 1). Features are used as extracted: the official code does not
-standardise them.
+(Eq. 9, gamma = 1); it reads no ``inference`` setting. ``calibrate`` records the training
+score range the combined score normalises with (it depends on ``inference``). ``predict``
+maps each test feature map to its latent ``x_T`` by DDIM inversion in S steps (Eq. 15) and
+scores how typical ``x_T`` is under ``N(0, I)`` (Sec. 4.4, Algorithm 1). Features are used as
+extracted: the official code does not standardise them.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ from diffusers import DDPMScheduler, UNet2DModel
 from diffusers.optimization import get_cosine_schedule_with_warmup
 from tqdm.auto import tqdm
 
-from anodiff.methods.base import FeatureSet, FeatureSpec, Prediction, TrainCallbacks
+from anodiff.methods.base import FeatureSet, Prediction, TrainCallbacks
 from anodiff.methods.inversion.config import InversionConfig
 from anodiff.methods.inversion.inversion import (
     ddim_invert,
@@ -46,7 +46,7 @@ class InversionDetector:
     def __init__(self, config: InversionConfig, device: torch.device) -> None:
         self.config = config
         self.device = torch.device(device)
-        diffusion, inference = config.diffusion, config.inference
+        diffusion = config.diffusion
         self.noise_scheduler = DDPMScheduler(
             num_train_timesteps=diffusion.num_train_timesteps,
             beta_schedule=diffusion.beta_schedule,
@@ -54,15 +54,9 @@ class InversionDetector:
             beta_end=diffusion.beta_end,
         )
         self.alphas_cumprod = self.noise_scheduler.alphas_cumprod.to(self.device)  # (T,)
-        self.timesteps = inversion_timesteps(inference.num_inversion_steps, diffusion.num_train_timesteps)
-        self.reconstruction_timesteps = reconstruction_timesteps(
-            inference.reconstruction_steps,
-            inference.reconstruction_start_fraction,
-            diffusion.num_train_timesteps,
-        )
         self.unet: UNet2DModel | None = None
         self.channels: int | None = None
-        self.score_stats: dict[str, float] = {}  # training-set min/max of NORMALIZED_SCORES
+        self.score_stats: dict[str, float] | None = None  # training-set min/max of NORMALIZED_SCORES
         self.train_losses: list[float] = []
 
     # ------------------------------------------------------------------------- model
@@ -104,9 +98,10 @@ class InversionDetector:
         return F.mse_loss(unet(x_t, t).sample, noise)
 
     def fit(self, train: FeatureSet, callbacks: TrainCallbacks) -> None:
-        """Train eps_theta from scratch (Sec. 5.1), then record the training score range."""
+        """Train eps_theta from scratch (Sec. 5.1); :meth:`calibrate` follows before ``predict``."""
         self._check_features(train.features, "training")
         unet = self._build_unet(int(train.features.shape[1]))
+        self.score_stats = None  # the range of the previous weights
         training = self.config.training
         steps_per_epoch = math.ceil(len(train) / training.batch_size)
         optimizer = torch.optim.AdamW(
@@ -130,11 +125,12 @@ class InversionDetector:
             grad_clip=training.grad_clip or None,
         )
         self.train_losses = state.losses
-        self.calibrate(train)
 
-    def calibrate(self, train: FeatureSet) -> None:
+    # ------------------------------------------------------------------------- calibration
+    def calibrate(self, train: FeatureSet) -> dict[str, float]:
         """The training score range Normalize of Algorithm 1 uses (it depends on ``inference``).
 
+        Kept and returned as ``{"nll_min": ..., "nll_max": ..., "spatial_norm_min": ...}``.
         The official code's test-set min-max would make each test score depend on the other
         test images (transductive).
         """
@@ -145,6 +141,14 @@ class InversionDetector:
             for name in NORMALIZED_SCORES
             for stat in ("min", "max")
         }
+        return dict(self.score_stats)
+
+    def load_calibration(self, state: dict[str, float]) -> None:
+        """Take the training score range a :meth:`calibrate` with this config returned."""
+        expected = {f"{name}_{stat}" for name in NORMALIZED_SCORES for stat in ("min", "max")}
+        if set(state) != expected:
+            raise ValueError(f"calibration state has keys {sorted(state)}; expected {sorted(expected)}")
+        self.score_stats = {key: float(value) for key, value in state.items()}
 
     # ------------------------------------------------------------------------- inference
     def _reconstruction_noise(self) -> torch.Tensor:
@@ -163,20 +167,25 @@ class InversionDetector:
         and then the map is its error map instead of the spatial norm map.
         """
         eps_model = as_eps_model(self._fitted_unet())
-        noise = self._reconstruction_noise() if reconstruct else None
-        batch_size = self.config.inference.batch_size
+        inference, T = self.config.inference, self.config.diffusion.num_train_timesteps
+        timesteps = inversion_timesteps(inference.num_inversion_steps, T)  # tau_S
+        if reconstruct:
+            noise = self._reconstruction_noise()
+            denoising = reconstruction_timesteps(inference.reconstruction_steps,
+                                                 inference.reconstruction_start_fraction, T)
+        batch_size = inference.batch_size
         parts: dict[str, list[torch.Tensor]] = {}
         for start in tqdm(range(0, len(features), batch_size), desc="predict", unit="batch",
                           disable=not progress, leave=False):
             x0 = features[start : start + batch_size].to(self.device)  # (B, C, h, w)
-            x_T = ddim_invert(eps_model, x0, self.timesteps, self.alphas_cumprod)  # Eq. 15
+            x_T = ddim_invert(eps_model, x0, timesteps, self.alphas_cumprod)  # Eq. 15
             norm_map = spatial_norm_map(x_T)  # (B, h, w), Eq. 17
             batch = {"nll": nll_score(x_T), "spatial_norm": map_range(norm_map)}
             score_map = norm_map
             if reconstruct:
-                t = torch.full((len(x0),), self.reconstruction_timesteps[-1], device=self.device)
+                t = torch.full((len(x0),), denoising[-1], device=self.device)
                 x_t = self.noise_scheduler.add_noise(x0, noise.expand_as(x0), t)  # Eq. 7
-                x0_hat = ddim_sample(eps_model, x_t, self.reconstruction_timesteps, self.alphas_cumprod)
+                x0_hat = ddim_sample(eps_model, x_t, denoising, self.alphas_cumprod)
                 score_map = reconstruction_error_map(x0, x0_hat)  # (B, h, w)
                 batch["reconstruction"] = score_map.flatten(1).amax(dim=1)
             if with_maps:
@@ -206,6 +215,9 @@ class InversionDetector:
         """
         self._fitted_unet()
         self._check_features(test.features, "test")
+        if self.config.inference.score == "combined" and self.score_stats is None:
+            raise RuntimeError("the combined score needs the training score range: call calibrate() or "
+                               "load_calibration() after fit() or load_state_dict()")
         reconstruct = self.config.inference.score == "reconstruction"
         scores = self._score(test.features, reconstruct=reconstruct, with_maps=True, progress=True)
         score_map = scores.pop("map")[:, None]  # (N, 1, h, w)
@@ -222,32 +234,13 @@ class InversionDetector:
         return {
             "unet": {k: v.cpu() for k, v in self._fitted_unet().state_dict().items()},
             "channels": self.channels,
-            "score_stats": dict(self.score_stats),
             "train_losses": list(self.train_losses),
-            "config": asdict(self.config),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        saved, current = _weights_fingerprint(state["config"]), _weights_fingerprint(asdict(self.config))
-        changed = sorted(key for key in current if saved.get(key) != current[key])
-        if changed:
-            raise ValueError(
-                f"the saved model was trained with different {', '.join(changed)}: "
-                f"saved {[saved.get(k) for k in changed]}, configured {[current[k] for k in changed]}"
-            )
         self._build_unet(int(state["channels"])).load_state_dict(state["unet"])
-        self.score_stats = dict(state["score_stats"])
         self.train_losses = list(state["train_losses"])
-
-
-def _weights_fingerprint(config: dict[str, Any]) -> dict[str, Any]:
-    """The config parts the weights depend on (``calibrate`` redoes the score range)."""
-    return {"backbone": config["backbone"], "unet": config["unet"], "diffusion": config["diffusion"]}
-
-
-def feature_spec(config: InversionConfig) -> FeatureSpec:
-    """The cached features: the configured timm stages resized to ``feature_size`` (Sec. 4.3)."""
-    return config.backbone.feature_spec()
+        self.score_stats = None  # the range of the previous weights
 
 
 def build(config: InversionConfig, device: torch.device, weights_dir: Path) -> InversionDetector:

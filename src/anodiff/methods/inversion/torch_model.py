@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from diffusers import UNet2DModel
 
-from anodiff.methods.inversion.config import UNetConfig
+from anodiff.methods.spec import UNetConfig
 from anodiff.methods.inversion.inversion import EpsModel
 
 

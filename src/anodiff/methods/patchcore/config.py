@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from anodiff.methods.base import BackboneConfig
+from anodiff.methods.spec import BackboneConfig
 
 ImageScore = Literal["reweighted", "max"]
 

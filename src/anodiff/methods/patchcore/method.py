@@ -9,8 +9,6 @@ upsampled, Gaussian-smoothed patch scores (Sec. 3.3).
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -18,7 +16,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from anodiff.methods.base import FeatureSet, FeatureSpec, Prediction, TrainCallbacks
+from anodiff.methods.base import FeatureSet, Prediction, TrainCallbacks
 from anodiff.methods.patchcore.config import PatchCoreConfig
 from anodiff.methods.patchcore.torch_model import (
     anomaly_maps,
@@ -28,11 +26,6 @@ from anodiff.methods.patchcore.torch_model import (
     random_projection,
     reweighted_image_scores,
 )
-
-# Config fields the memory bank depends on: a saved bank is only valid under the same values.
-BANK_FIELDS = ("backbone", "layer_channels", "patch_size", "pretrain_embed_dimension",
-               "target_embed_dimension", "coreset_ratio", "projection_dim", "num_starting_points",
-               "seed")
 
 
 class PatchCoreDetector:
@@ -137,27 +130,10 @@ class PatchCoreDetector:
         )
 
     def state_dict(self) -> dict[str, Any]:
-        return {"memory_bank": self._fitted_bank().cpu(), "config": asdict(self.config)}
+        return {"memory_bank": self._fitted_bank().cpu()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        saved, current = _bank_fingerprint(state["config"]), _bank_fingerprint(asdict(self.config))
-        changed = [key for key in BANK_FIELDS if saved[key] != current[key]]
-        if changed:
-            raise ValueError(
-                f"the saved memory bank was built with different {', '.join(changed)}: saved "
-                f"{[saved[k] for k in changed]}, configured {[current[k] for k in changed]}"
-            )
         self.memory_bank = state["memory_bank"].to(self.device, torch.float32)
-
-
-def _bank_fingerprint(config: dict[str, Any]) -> dict[str, Any]:
-    """The ``BANK_FIELDS`` of a config dict, tuples and lists made comparable."""
-    return json.loads(json.dumps({key: config[key] for key in BANK_FIELDS}))
-
-
-def feature_spec(config: PatchCoreConfig) -> FeatureSpec:
-    """The cached features: the configured stages resized to ``feature_size`` (Sec. 3.1)."""
-    return config.backbone.feature_spec()
 
 
 def build(config: PatchCoreConfig, device: torch.device, weights_dir: Path) -> PatchCoreDetector:
