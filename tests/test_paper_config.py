@@ -8,12 +8,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from anodiff.config import config_hash
-from anodiff.pipeline import method_config
+from anodiff.config import digest
+from anodiff.plan import build_plan
 
 REPO = Path(__file__).resolve().parents[1]
-PAPER = yaml.safe_load((REPO / "config" / "paper.yaml").read_text())
 REAL_DATASETS = REPO / "config" / "datasets.yaml"
+PLAN = build_plan({**yaml.safe_load((REPO / "config" / "paper.yaml").read_text()),
+                   **yaml.safe_load(REAL_DATASETS.read_text())}, REPO)
 
 
 @pytest.fixture(scope="module")
@@ -28,14 +29,14 @@ def dry_run(tmp_path_factory):
 
 
 def test_every_table_and_figure_is_reachable_from_all(dry_run):
-    for table_id in PAPER["tables"]:
+    for table_id in PLAN.tables:
         for ext in ("parquet", "md", "tex"):
             assert f"results/tables/{table_id}.{ext}" in dry_run
-    for figure_id in PAPER["figures"]:
+    for figure_id in PLAN.figures:
         assert f"results/paper_figures/{figure_id}.png" in dry_run
     # every transcribed table of the four papers has a builder
     transcribed = {f"{p.parent.name}/{p.stem}" for p in (REPO / "resources" / "reported").glob("*/table*.csv")}
-    assert transcribed == set(PAPER["tables"])
+    assert transcribed == set(PLAN.tables)
 
 
 def test_the_demo_config_is_not_merged_in(dry_run):
@@ -43,26 +44,30 @@ def test_the_demo_config_is_not_merged_in(dry_run):
 
 
 def test_no_two_variants_are_the_same_run():
-    # Two names for one resolved config would train the same model twice (and a table could
-    # silently mix them up): every (method, config, dataset) appears once.
+    # Two names for one resolved config would be one run under two names (and a table could
+    # silently mix them up): every (method, config, dataset, setting) appears once.
     seen = defaultdict(list)
-    for method, variants in PAPER["methods"].items():
-        defaults = REPO / "config" / "methods" / f"{method}.yaml"
-        for variant, settings in variants.items():
-            digest = config_hash(method_config(method, defaults, settings.get("overrides")))
-            for dataset in settings["datasets"]:
-                seen[(method, digest, dataset, settings.get("setting", "per_class"))].append(variant)
-    duplicates = {key: names for key, names in seen.items() if len(names) > 1}
-    assert not duplicates
+    for run in PLAN.runs.values():
+        seen[(run.method, digest(run.config), run.dataset, run.setting)].append(run.variant)
+    assert not {key: names for key, names in seen.items() if len(names) > 1}
 
 
 def test_inference_ablations_score_the_weights_their_owner_trained(dry_run):
-    # inversion's Table 3-4 scores and steps, DiAD's Fig. 6 forward timesteps: no second training
-    # (nor, for DiAD, a second autoencoder fine-tuning); D3AD's static T_hat changes training
-    # (domain adaptation reconstructs with it), so it trains its own model
-    assert "results/mvtec_ad/inversion/nll-s3/models/bottle.reused.pt" in dry_run
+    # inversion's Table 3-4 scores and steps, DiAD's Fig. 6 forward timesteps, DPDiff-AD's DDIM
+    # steps: no second training, a link to the owner's weights; D3AD's static T_hat changes
+    # training (domain adaptation reconstructs with it), so it trains its own model
+    assert "results/mvtec_ad/inversion/nll-s3/models/bottle.link.json" in dry_run
     assert "results/mvtec_ad/inversion/nll-s3/models/bottle.pt" not in dry_run
-    assert "results/mvtec_ad/diad/forward-200/models/unified.reused.pt" in dry_run
-    assert "results/mvtec_ad/diad/forward-200/models/unified.pretrain.pt" not in dry_run
-    assert "results/mvtec_ad/dpdiff/ddim-5/models/unified.reused.pt" in dry_run
+    assert "results/mvtec_ad/diad/forward-200/models/unified.link.json" in dry_run
+    assert "results/mvtec_ad/diad/forward-200/models/unified.pt" not in dry_run
+    assert "results/mvtec_ad/dpdiff/ddim-5/models/unified.link.json" in dry_run
     assert "results/visa/d3ad/static-20/models/candle.pt" in dry_run
+
+
+def test_diad_fine_tunes_its_autoencoder_once_per_dataset_for_variants_that_do_not_change_it(dry_run):
+    pretrains = {line.strip() for line in dry_run.splitlines() if line.strip().endswith(".pretrain.pt")
+                 and line.strip().startswith("output:")}
+    owners = {r.pretrain_owner for r in PLAN.runs.values() if r.method == "diad" and r.config["variant"] == "diad"}
+    assert owners == {"paper"}
+    assert "results/mvtec_ad/diad/msg/models/unified.pretrain.pt" not in dry_run
+    assert len(pretrains) == len({(r.dataset, r.pretrain_owner) for r in PLAN.runs.values() if r.pretrain_owner})

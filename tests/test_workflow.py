@@ -1,6 +1,8 @@
 """End to end: the Snakemake workflow on a tiny synthetic config, outputs checked by content."""
 
 import json
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -167,7 +169,10 @@ def run_snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
 def workflow_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("e2e")
     (workdir / "config").mkdir()
-    (workdir / "config" / "config.yaml").write_text(yaml.safe_dump(TINY_CONFIG))
+    # a copy of the paper defaults, so that a test can edit one (test_an_edit_reruns_...)
+    shutil.copytree(REPO / "config" / "methods", workdir / "methods")
+    config = {**TINY_CONFIG, "method_config_dir": str(workdir / "methods")}
+    (workdir / "config" / "config.yaml").write_text(yaml.safe_dump(config))
     result = run_snakemake(workdir, "--cores", "2")
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-8000:]
     return workdir
@@ -227,12 +232,12 @@ def test_an_inference_ablation_scores_the_trained_model_of_its_owner(workflow_ru
     client = MlflowClient(f"sqlite:///{workflow_run}/results/mlflow.db")
     runs = workflow_run / "results/synthetic/inversion"
     for category in CATEGORIES:
-        assert not (runs / f"tiny-nll/models/{category}.pt").exists()  # no second training
-        trained = torch.load(runs / f"tiny/models/{category}.pt", weights_only=False)
-        reused = torch.load(runs / f"tiny-nll/models/{category}.reused.pt", weights_only=False)
-        assert all(torch.equal(trained["state"]["unet"][k], v) for k, v in reused["state"]["unet"].items())
-        reuse_run = client.get_run(reused["run_id"])
-        assert reuse_run.data.tags["weights_from_run"] == trained["run_id"]
+        assert not (runs / f"tiny-nll/models/{category}.pt").exists()  # no second training, no copy
+        trained = torch.load(runs / f"tiny/models/{category}.pt", weights_only=True)
+        link = json.loads((runs / f"tiny-nll/models/{category}.link.json").read_text())
+        assert link["model"] == f"results/synthetic/inversion/tiny/models/{category}.pt"
+        assert link["training_hash"] == trained["training_hash"]
+        assert client.get_run(link["run_id"]).data.tags["weights_from_run"] == trained["run_id"]
         # same weights, same inversion: the NLL ablation's image score is tiny's NLL extra
         ablation = np.load(runs / f"tiny-nll/predictions/{category}.npz")
         combined = np.load(runs / f"tiny/predictions/{category}.npz")
@@ -268,9 +273,10 @@ def test_mlflow_store_holds_the_runs_with_metrics(workflow_run):
         if run.data.tags["method"] == "inversion":
             by_stage.setdefault(run.data.tags["stage"], []).append(run)
     assert len(by_stage["train"]) == len(CATEGORIES) + 1  # per-class models + one unified
-    assert len(by_stage["reuse"]) == len(CATEGORIES)  # tiny-nll scores tiny's models
+    # inversion calibrates its score range per variant: tiny, tiny-nll (tiny's models) and unified
+    assert len(by_stage["link"]) == 2 * len(CATEGORIES) + 1
     assert len(by_stage["evaluate"]) == 3 * len(CATEGORIES)
-    train_ids = {r.info.run_id for r in by_stage["train"] + by_stage["reuse"]}
+    train_ids = {r.info.run_id for r in by_stage["train"] + by_stage["link"]}
     for run in by_stage["evaluate"]:
         assert run.data.tags["mlflow.parentRunId"] in train_ids
         assert set(METRIC_NAMES) <= set(run.data.metrics)
@@ -316,15 +322,17 @@ def test_paper_tables_put_reproduced_beside_reported(workflow_run):
 
 
 @pytest.mark.slow
-def test_mlflow_runs_are_tagged_with_their_tables_and_config_hash(workflow_run):
+def test_mlflow_runs_are_tagged_by_the_tables_that_print_them(workflow_run):
     client = MlflowClient(f"sqlite:///{workflow_run}/results/mlflow.db")
     experiment = client.get_experiment_by_name("anodiff-e2e")
-    tagged = client.search_runs([experiment.experiment_id], "tags.tables LIKE '%inversion/table2%'")
+    tagged = client.search_runs([experiment.experiment_id], "tags.`tables.inversion/table2` = 'true'")
     assert {r.data.tags["variant"] for r in tagged} == {"tiny"}
-    assert {r.data.tags["stage"] for r in tagged} == {"train", "evaluate", "summary"}
-    reuses = client.search_runs([experiment.experiment_id], "tags.tables LIKE '%inversion/table4%' and tags.stage = 'reuse'")
-    assert {r.data.tags["variant"] for r in reuses} == {"tiny-nll"} and len(reuses) == len(CATEGORIES)
-    hashes = {r.data.tags["config_hash"] for r in tagged if r.data.tags["stage"] == "train"}
+    assert {r.data.tags["stage"] for r in tagged} == {"evaluate"} and len(tagged) == len(CATEGORIES)
+    assert all(r.data.tags["papers.inversion"] == "true" for r in tagged)
+    ablation = client.search_runs([experiment.experiment_id], "tags.`tables.inversion/table4` = 'true'")
+    assert {r.data.tags["variant"] for r in ablation} == {"tiny-nll"}
+    hashes = {r.data.tags["training_hash"] for r in client.search_runs(
+        [experiment.experiment_id], "tags.method = 'inversion' and tags.variant = 'tiny' and tags.stage = 'train'")}
     assert len(hashes) == 1 and len(hashes.pop()) == 12
 
 
@@ -355,9 +363,67 @@ def test_rerun_is_a_no_op(workflow_run):
     assert "Nothing to be done" in result.stdout + result.stderr
 
 
+def planned_jobs(output: str) -> set[tuple[str, str]]:
+    """(rule, wildcards) of every job a ``snakemake -n`` output lists."""
+    jobs, rule = set(), None
+    for line in output.splitlines():
+        if match := re.match(r"^(?:local)?rule (\w+):", line):
+            rule = match.group(1)
+            jobs.add((rule, ""))
+        elif rule and (match := re.match(r"^\s+wildcards: (.*)$", line)):
+            jobs.discard((rule, ""))
+            jobs.add((rule, match.group(1)))
+    return jobs
+
+
+@pytest.mark.slow
+def test_an_edit_reruns_exactly_what_it_affects(workflow_run, tmp_path):
+    # 1. a hyper-parameter of the paper defaults: that method's training and what follows it
+    defaults = workflow_run / "methods" / "inversion.yaml"
+    original = defaults.read_text()
+    defaults.write_text(original.replace("grad_clip: 1.0", "grad_clip: 0.5"))
+    try:
+        result = run_snakemake(workflow_run, "-n")
+    finally:
+        defaults.write_text(original)
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs = planned_jobs(result.stdout)
+    trains = {w for rule, w in jobs if rule == "train"}
+    assert trains == {f"dataset=synthetic, method=inversion, variant={v}, group={g}"
+                      for v, g in [("tiny", "weave"), ("tiny", "washer"), ("tiny-unified", "unified")]}
+    per_run = {w for rule, w in jobs if rule in ("train", "link_model", "infer", "evaluate", "cache_features")}
+    assert all("method=inversion" in w for w in per_run)
+    assert ("infer", "dataset=synthetic, method=inversion, variant=tiny-nll, category=weave") in jobs
+
+    # 2. an existing run mapped into a paper table: that table (and the speed it prints) only
+    config = yaml.safe_load((workflow_run / "config" / "config.yaml").read_text())
+    config["tables"]["d3ad/table8"]["rows"].append(
+        {"reported": "D3AD", "setting": "batch_size=30", "method": "d3ad", "variant": "tiny",
+         "datasets": {"visa": "synthetic"}})
+    (tmp_path / "more-rows.yaml").write_text(yaml.safe_dump(config))
+    result = run_snakemake(workflow_run, "-n", "--configfile", str(tmp_path / "more-rows.yaml"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert {rule for rule, _ in planned_jobs(result.stdout)} == {"paper_table", "fps", "all"}
+    assert ("fps", "dataset=synthetic, method=d3ad, variant=tiny") in planned_jobs(result.stdout)
+
+    # 3. the checkout and its results copied elsewhere (same files, same mtimes): nothing
+    checkout, moved = tmp_path / "checkout", tmp_path / "moved"
+    checkout.mkdir()
+    shutil.copy2(REPO / "Snakefile", checkout / "Snakefile")
+    shutil.copytree(REPO / "workflow", checkout / "workflow")
+    shutil.copytree(REPO / "config", checkout / "config")
+    shutil.copytree(workflow_run, moved, symlinks=True)
+    command = SNAKEMAKE + ["-n", "--snakefile", str(checkout / "Snakefile"), "--directory", str(moved)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Nothing to be done" in result.stdout + result.stderr, result.stdout[-3000:]
+
+
 def test_default_config_dry_run_and_lint_are_clean(tmp_path):
-    result = subprocess.run(SNAKEMAKE + ["-n", "--directory", str(REPO)], capture_output=True, text=True,
-                            cwd=REPO, timeout=300)
+    # from an empty folder: the working copy may already hold the demo's results
+    result = subprocess.run(SNAKEMAKE + ["-n", "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path),
+                                         "--configfile", str(REPO / "config" / "config.yaml")],
+                            capture_output=True, text=True, cwd=REPO, timeout=300)
     assert result.returncode == 0, result.stderr[-4000:]
     assert "train" in result.stdout and "cache_features" in result.stdout
     lint = subprocess.run(SNAKEMAKE + ["--lint"], capture_output=True, text=True, cwd=REPO, timeout=300)
@@ -382,4 +448,4 @@ def test_schema_rejects_unknown_top_level_key(tmp_path):
     (tmp_path / "config" / "config.yaml").write_text(yaml.safe_dump(config))
     result = run_snakemake(tmp_path, "-n")
     assert result.returncode != 0
-    assert "Additional properties are not allowed ('epochs' was unexpected)" in result.stdout + result.stderr
+    assert "unknown key 'epochs' (did you mean" in result.stdout + result.stderr

@@ -1,8 +1,12 @@
-"""The pipeline's stages as plain functions; the Snakemake scripts are one call each.
+"""The pipeline's stages as plain functions; each Snakemake script is one call.
 
-prepare_dataset -> fetch_weights -> cache_features -> [pretrain ->] train -> infer
--> evaluate -> aggregate -> figures. Every stage reads and writes files only (paths passed in), writes
-atomically, and fails with a message naming the file to fix before spending compute.
+prepare_dataset -> fetch_weights -> cache_features -> [pretrain ->] train -> [link_model ->]
+infer -> evaluate -> aggregate -> figures, paper tables and figures. Every stage takes
+keyword arguments: the plain data its result depends on (the slice of the run's resolved
+config that :mod:`anodiff.plan` hands the job as params), the files it reads and writes, and
+a :class:`JobEnvironment` (device, weights folder, MLflow store: where the job runs, never
+what it computes). Stages write atomically and fail with a message naming the file to fix
+before spending compute.
 """
 
 from __future__ import annotations
@@ -12,18 +16,19 @@ import logging
 import os
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 
-from anodiff.config import config_hash, load_method_config, to_flat_dict
+from anodiff.config import digest, from_dict, restricted_view, to_flat_dict, training_view
 from anodiff.data import mvtec, prepare
 from anodiff.methods import get_method
-from anodiff.methods.base import FeatureSpec, Prediction, TrainCallbacks
+from anodiff.methods.base import Prediction, TrainCallbacks
+from anodiff.methods.spec import FeatureSpec
 from anodiff.metrics import METRIC_NAMES, compute_all
 from anodiff.tracking import Tracker, TrackingConfig, git_commit, read_run_id, write_run_info
 from anodiff.utils import atomic_path, atomic_torch_save, atomic_write_text, resolve_device, seed_everything
@@ -33,6 +38,23 @@ log = logging.getLogger("anodiff")
 
 
 # ----------------------------------------------------------------------------- job set-up
+@dataclass(frozen=True)
+class JobEnvironment:
+    """Where a job runs: not a cause of its result, so not a param (changing it re-runs nothing)."""
+
+    device: str  # "auto", "cpu", "cuda", "cuda:1", ...
+    weights_dir: Path  # pretrained weights, filled by the fetch_weights rule
+    tracking: TrackingConfig
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> JobEnvironment:
+        """From the workflow config (Snakemake's ``snakemake.config``)."""
+        return cls(device=config["device"], weights_dir=Path(config["weights_dir"]),
+                   tracking=TrackingConfig(tracking_uri=config["mlflow"]["tracking_uri"],
+                                           experiment=config["experiment"],
+                                           artifact_location=config["mlflow"]["artifact_location"]))
+
+
 def setup_job(log_path: str | None, threads: int = 1) -> None:
     """Send this job's stderr and logging to its Snakemake log file; cap torch threads."""
     if log_path:
@@ -44,17 +66,13 @@ def setup_job(log_path: str | None, threads: int = 1) -> None:
     torch.set_num_threads(max(1, threads))
 
 
-def method_config(method: str, defaults_file: str | Path, overrides: dict[str, Any] | None) -> Any:
-    """The resolved config of ``method``: paper defaults updated by the variant's overrides."""
-    return load_method_config(get_method(method).config_class, Path(defaults_file), overrides)
-
-
-def feature_spec(method: str, defaults_file: str | Path, overrides: dict[str, Any] | None) -> FeatureSpec:
-    return get_method(method).feature_spec(method_config(method, defaults_file, overrides))
+def resolved_config(method: str, config: Mapping[str, Any]) -> Any:
+    """A run's resolved config (plain data from the plan) as the method's config dataclass."""
+    return from_dict(get_method(method).config_class, config, where=f"{method} config")
 
 
 # ----------------------------------------------------------------------------- 1. data
-def prepare_dataset(dataset: str, dataset_config: dict[str, Any], report_path: str | Path) -> None:
+def prepare_dataset(*, dataset: str, dataset_config: Mapping[str, Any], report_path: str | Path) -> None:
     """Make ``dataset`` readable by the loader and validate every file of it.
 
     ``source: synthetic`` generates the embedded dataset; ``mvtec_layout`` expects a dataset
@@ -63,175 +81,175 @@ def prepare_dataset(dataset: str, dataset_config: dict[str, Any], report_path: s
     :mod:`anodiff.data.prepare` and README "Real datasets"). The report lists counts per
     category, split and defect type and every problem; any problem fails the job.
     """
-    report = prepare.prepare_and_validate(dataset, dataset_config, report_path)
+    report = prepare.prepare_and_validate(dataset, dict(dataset_config), report_path)
     log.info("dataset %s validated: %s", dataset, report["categories"])
 
 
-def fetch_weights(weights: PretrainedWeights, weights_dir: str | Path, status_path: str | Path) -> None:
-    """Download one pretrained network into ``weights_dir`` (the one job that needs network).
+def dataset_root(report_path: str | Path) -> Path:
+    """The dataset folder a validation report (the prepare_dataset output) describes."""
+    return Path(json.loads(Path(report_path).read_text())["root"])
+
+
+def fetch_weights(*, weights: Mapping[str, Any], env: JobEnvironment, status_path: str | Path) -> None:
+    """Download one pretrained network into the weights folder (the one job that needs network).
 
     Compute jobs then load from there only. Offline, weights that allow random stand-ins
     record ``fetched: false`` (and the demo warns loudly); otherwise the error says which
     weights are missing and how to fetch them.
     """
-    fetched = download(weights, Path(weights_dir))
-    atomic_write_text(json.dumps({**asdict(weights), "fetched": fetched}, indent=2), status_path)
+    network = PretrainedWeights(**weights)
+    fetched = download(network, env.weights_dir)
+    atomic_write_text(json.dumps({**asdict(network), "fetched": fetched}, indent=2), status_path)
 
 
-def cache_features(
-    dataset_root: str | Path,
-    category: str,
-    split: str,
-    spec: FeatureSpec,
-    weights_dir: str | Path,
-    output: str | Path,
-    device: str = "auto",
-    batch_size: int = 16,
-) -> None:
+def cache_features(*, spec: Mapping[str, Any], report: str | Path, category: str, split: str,
+                   output: str | Path, env: JobEnvironment, batch_size: int = 16) -> None:
     """Run the frozen backbone once over one split of one category and store the features."""
     from anodiff.features import FeatureExtractor, extract_features, save_feature_set
 
-    dataset = mvtec.MVTecDataset(Path(dataset_root), category, split, spec.image_size)
-    extractor = FeatureExtractor(spec, Path(weights_dir))
-    features = extract_features(extractor, dataset, resolve_device(device), batch_size)
-    _check_finite(features.features.numpy(), f"features of {dataset_root}/{category}/{split}")
+    feature_spec = FeatureSpec(**{**spec, "layers": tuple(spec["layers"])})
+    root = dataset_root(report)
+    dataset = mvtec.MVTecDataset(root, category, split, feature_spec.image_size)
+    extractor = FeatureExtractor(feature_spec, env.weights_dir)
+    features = extract_features(extractor, dataset, resolve_device(env.device), batch_size)
+    _check_finite(features.features.numpy(), f"features of {root}/{category}/{split}")
     save_feature_set(features, Path(output), extractor.pretrained_loaded)
 
 
 # ----------------------------------------------------------------------------- 2. training
-def train(
-    method: str,
-    defaults_file: str | Path,
-    overrides: dict[str, Any] | None,
-    train_caches: Sequence[str | Path],
-    model_path: str | Path,
-    run_info_path: str | Path,
-    tracking: TrackingConfig,
-    tags: dict[str, str],
-    weights_dir: str | Path,
-    pretrained_path: str | Path | None = None,
-    seed: int = 0,
-    device: str = "auto",
-    shared_model: str | Path | None = None,
-) -> None:
-    """Fit one model on the cached training features; log the run to MLflow.
+def pretrain(*, method: str, config: Mapping[str, Any], train_caches: Sequence[str | Path], output: str | Path,
+             env: JobEnvironment, seed: int = 0) -> None:
+    """Run a method's pretrain stage (e.g. DiAD's autoencoder fine-tuning) as its own job.
 
-    Resumable: the training loop checkpoints next to ``model_path`` and continues from the
-    checkpoint when the job is re-run after being killed. ``pretrained_path``: the output
-    of the method's ``pretrain`` stage, if it has one. ``shared_model``: the model another
-    variant trained with the same training config (the two differ only in the method's
-    ``inference_keys``); its weights are reused instead of fitting again.
+    ``config``: the pretrain slice of the run's config (``MethodEntry.pretrain_keys``); the
+    stage sees only those keys. Resumable like ``train``: its checkpoint lives next to ``output``.
     """
     from anodiff.features import load_feature_sets
 
     seed_everything(seed)
     entry = get_method(method)
-    config = method_config(method, defaults_file, overrides)
+    if not entry.has_pretrain:
+        raise ValueError(f"method {method} has no pretrain stage")
+    view = restricted_view(entry.config_class, config, entry.pretrain_keys)
     train_set = load_feature_sets([Path(p) for p in train_caches])
-    torch_device = resolve_device(device)
-    detector = entry.build(config, torch_device, Path(weights_dir))
-    shared = None if shared_model is None else torch.load(shared_model, map_location="cpu", weights_only=False)
-    if shared is not None and entry.training_hash(shared["config"]) != entry.training_hash(config):
-        raise ValueError(f"{shared_model} was trained with a different config than {method} with "
-                         f"overrides {overrides}; only variants that differ in {list(entry.inference_keys)} "
-                         "can share a trained model")
-    if entry.pretrain is not None and shared is None:
+    checkpoint = Path(str(output) + ".ckpt")
+    state = entry.pretrain(view, train_set, resolve_device(env.device), env.weights_dir,
+                           TrainCallbacks(checkpoint_path=str(checkpoint)))
+    atomic_torch_save({"method": method, "pretrain_hash": digest(dict(config)), "state": state}, output)
+    checkpoint.unlink(missing_ok=True)
+
+
+def train(*, method: str, config: Mapping[str, Any], train_caches: Sequence[str | Path], model_path: str | Path,
+          run_info_path: str | Path, run: Mapping[str, str], env: JobEnvironment,
+          pretrained_path: str | Path | None = None, seed: int = 0) -> None:
+    """Fit one model on the cached training features; log the run to MLflow.
+
+    ``config``: the training slice of the run's config (without the method's inference
+    keys; the detector cannot read those while it fits). ``run``: dataset, variant, group and
+    setting, for MLflow. ``pretrained_path``: the output of the method's pretrain stage, if it
+    has one. Resumable: the training loop checkpoints next to ``model_path`` and continues
+    from the checkpoint when the job is re-run after being killed.
+    """
+    from anodiff.features import load_feature_sets
+
+    seed_everything(seed)
+    entry = get_method(method)
+    view = training_view(entry.config_class, config, entry.inference_keys)
+    train_set = load_feature_sets([Path(p) for p in train_caches])
+    torch_device = resolve_device(env.device)
+    detector = entry.build(view, torch_device, env.weights_dir)
+    if entry.has_pretrain:
         if pretrained_path is None:
             raise ValueError(f"method {method} has a pretrain stage; train needs its output file")
-        detector.load_pretrained(torch.load(pretrained_path, map_location="cpu", weights_only=False)["state"])
+        detector.load_pretrained(torch.load(pretrained_path, map_location="cpu", weights_only=True)["state"])
 
-    tracker = Tracker(tracking)
-    run_name = f"{tags['dataset']}/{method}/{tags['variant']}/{tags['group']}"
-    run_tags = {**tags, "stage": "train" if shared is None else "reuse", "config_hash": config_hash(config),
-                "training_hash": entry.training_hash(config)}
-    if shared is not None:
-        run_tags["weights_from_run"] = shared["run_id"]  # the owner variant's train run
-    run_id = tracker.start_run(run_name, run_tags)
-    tracker.log_params(
-        run_id,
-        {**to_flat_dict(config), "method": method, "seed": seed, "git_commit": git_commit(),
-         "n_train_images": len(train_set), "device": str(torch_device),
-         "categories": sorted(set(train_set.categories))},
-    )
+    training_hash = entry.training_hash(dict(config))
+    tracker = Tracker(env.tracking)
+    run_id = tracker.start_run(f"{run['dataset']}/{method}/{run['variant']}/{run['group']} · train",
+                               {**run, "method": method, "stage": "train", "training_hash": training_hash})
+    tracker.log_params(run_id, {**to_flat_dict(config), "method": method, "seed": seed, "git_commit": git_commit(),
+                                "n_train_images": len(train_set), "device": str(torch_device),
+                                "categories": sorted(set(train_set.categories))})
     checkpoint = Path(str(model_path) + ".ckpt")
-    callbacks = TrainCallbacks(
-        log_metrics=lambda metrics, step: tracker.log_metrics(run_id, metrics, step),
-        checkpoint_path=str(checkpoint),
-    )
+    callbacks = TrainCallbacks(log_metrics=lambda metrics, step: tracker.log_metrics(run_id, metrics, step),
+                               checkpoint_path=str(checkpoint))
     started = time.perf_counter()
     try:
-        if shared is None:
-            detector.fit(train_set, callbacks)
-        else:
-            detector.load_state_dict(shared["state"])
-            if hasattr(detector, "calibrate"):  # methods.base.Calibrated
-                detector.calibrate(train_set)
+        detector.fit(train_set, callbacks)
     except BaseException:
         tracker.end_run(run_id, "FAILED")
         raise
     tracker.log_metrics(run_id, {"train_seconds": time.perf_counter() - started})
-    atomic_torch_save(
-        {"method": method, "config": asdict(config), "overrides": overrides or {},
-         "state": detector.state_dict(), "run_id": run_id},
-        model_path,
-    )
-    write_run_info(Path(run_info_path), run_id, tracking)
+    atomic_torch_save({"method": method, "training_hash": training_hash, "state": detector.state_dict(),
+                       "run_id": run_id}, model_path)
+    write_run_info(Path(run_info_path), run_id, env.tracking)
     tracker.end_run(run_id)
     checkpoint.unlink(missing_ok=True)  # the final model supersedes it
 
 
-def pretrain(
-    method: str,
-    defaults_file: str | Path,
-    overrides: dict[str, Any] | None,
-    train_caches: Sequence[str | Path],
-    output: str | Path,
-    weights_dir: str | Path,
-    seed: int = 0,
-    device: str = "auto",
-) -> None:
-    """Run a method's pretrain stage (e.g. DiAD's autoencoder fine-tuning) as its own job.
+def load_model(model_path: str | Path, training_hash: str) -> dict[str, Any]:
+    """A trained model file, checked to hold the weights of ``training_hash`` (the one place
+    where what the weights depend on is checked: ``MethodEntry.training_hash``)."""
+    saved = torch.load(model_path, map_location="cpu", weights_only=True)
+    if saved["training_hash"] != training_hash:
+        raise ValueError(f"{model_path} holds weights trained with another config (training hash "
+                         f"{saved['training_hash']}, this run needs {training_hash}); re-run the workflow so "
+                         "that its train job runs again")
+    return saved
 
-    Resumable like ``train``: its checkpoint lives next to ``output``.
+
+def link_model(*, method: str, config: Mapping[str, Any], training_hash: str, model_path: str | Path,
+               owner_run_info: str | Path, output: str | Path, run: Mapping[str, str], env: JobEnvironment,
+               train_caches: Sequence[str | Path] = ()) -> None:
+    """Point a run at the weights it scores (``model_path``, its owner's) instead of copying them.
+
+    A calibrating detector (``MethodEntry.calibrates``, e.g. InversionAD's training score
+    range) recomputes its inference-dependent statistics on ``train_caches`` here; the JSON
+    pointer holds them with the owner's path and training hash, checked when ``infer`` loads it.
     """
     from anodiff.features import load_feature_sets
 
-    seed_everything(seed)
     entry = get_method(method)
-    if entry.pretrain is None:
-        raise ValueError(f"method {method} has no pretrain stage")
-    config = method_config(method, defaults_file, overrides)
-    train_set = load_feature_sets([Path(p) for p in train_caches])
-    checkpoint = Path(str(output) + ".ckpt")
-    state = entry.pretrain(config, train_set, resolve_device(device), Path(weights_dir),
-                           TrainCallbacks(checkpoint_path=str(checkpoint)))
-    atomic_torch_save({"method": method, "config": asdict(config), "state": state}, output)
-    checkpoint.unlink(missing_ok=True)
+    saved = load_model(model_path, training_hash)
+    calibration = None
+    if entry.calibrates:
+        detector = entry.build(resolved_config(method, config), resolve_device(env.device), env.weights_dir)
+        detector.load_state_dict(saved["state"])
+        calibration = detector.calibrate(load_feature_sets([Path(p) for p in train_caches]))
+    tracker = Tracker(env.tracking)
+    run_id = tracker.start_run(f"{run['dataset']}/{method}/{run['variant']}/{run['group']} · link",
+                               {**run, "method": method, "stage": "link", "training_hash": training_hash,
+                                "weights_from_run": read_run_id(Path(owner_run_info))})
+    tracker.log_params(run_id, {**to_flat_dict(config), "method": method, "weights": str(model_path)})
+    atomic_write_text(json.dumps({"model": str(model_path), "training_hash": training_hash,
+                                  "calibration": calibration, "run_id": run_id}, indent=2), output)
+    tracker.end_run(run_id)
 
 
-def load_detector(model_path: str | Path, defaults_file: str | Path, weights_dir: str | Path,
-                  device: str = "auto"):
-    """Rebuild a trained detector from the file ``train`` wrote."""
-    saved = torch.load(model_path, map_location="cpu", weights_only=False)
-    config = method_config(saved["method"], defaults_file, saved["overrides"])
-    detector = get_method(saved["method"]).build(config, resolve_device(device), Path(weights_dir))
+def load_detector(*, method: str, config: Mapping[str, Any], training_hash: str, model_path: str | Path,
+                  link_path: str | Path | None, env: JobEnvironment):
+    """The trained detector a run scores: its weights (checked), and its link's calibration."""
+    entry = get_method(method)
+    link = None if link_path is None else json.loads(Path(link_path).read_text())
+    if link is not None and (Path(link["model"]) != Path(model_path) or link["training_hash"] != training_hash):
+        raise ValueError(f"{link_path} points at {link['model']} ({link['training_hash']}), not at "
+                         f"{model_path} ({training_hash}); re-run the workflow")
+    saved = load_model(model_path, training_hash)
+    detector = entry.build(resolved_config(method, config), resolve_device(env.device), env.weights_dir)
     detector.load_state_dict(saved["state"])
+    if link is not None and entry.calibrates:
+        detector.load_calibration(link["calibration"])
     return detector
 
 
 # ----------------------------------------------------------------------------- 3. inference
-def infer(
-    model_path: str | Path,
-    defaults_file: str | Path,
-    test_cache: str | Path,
-    output: str | Path,
-    weights_dir: str | Path,
-    device: str = "auto",
-) -> None:
+def infer(*, method: str, config: Mapping[str, Any], training_hash: str, model_path: str | Path,
+          link_path: str | Path | None, test_cache: str | Path, output: str | Path, env: JobEnvironment) -> None:
     """Score every test image of one category; write scores, maps and timing (npz)."""
     from anodiff.features import load_feature_sets
 
-    detector = load_detector(model_path, defaults_file, weights_dir, device)
+    detector = load_detector(method=method, config=config, training_hash=training_hash, model_path=model_path,
+                             link_path=link_path, env=env)
     test_set = load_feature_sets([Path(test_cache)])
     started = time.perf_counter()
     prediction: Prediction = detector.predict(test_set)
@@ -264,38 +282,33 @@ def _check_finite(values: np.ndarray, what: str) -> None:
 
 
 # ----------------------------------------------------------------------------- 4. metrics
-def evaluate(
-    predictions: str | Path,
-    dataset_root: str | Path,
-    category: str,
-    output: str | Path,
-    train_run_info: str | Path,
-    tracking: TrackingConfig,
-    tags: dict[str, str],
-) -> None:
-    """Compute every metric of one category; write a one-row parquet; log a nested run."""
+def evaluate(*, predictions: str | Path, report: str | Path, category: str, output: str | Path,
+             run_info: str | Path, run: Mapping[str, str], env: JobEnvironment) -> None:
+    """Compute every metric of one category; write a one-row parquet; log a nested run.
+
+    ``run``: dataset, method, variant and setting (the row's keys and MLflow tags); the row
+    also names its MLflow run (``mlflow_run_id``), which the paper-table jobs tag.
+    """
     saved = np.load(predictions)
     maps = saved["anomaly_map"]
     size = maps.shape[-1]
-    samples = mvtec.list_samples(Path(dataset_root), category, "test")
+    root = dataset_root(report)
+    samples = mvtec.list_samples(root, category, "test")
     paths = [str(s.image_path) for s in samples]
     if paths != [str(p) for p in saved["image_paths"]]:
-        raise ValueError(f"{predictions} does not match the test set of {dataset_root}/{category}: "
+        raise ValueError(f"{predictions} does not match the test set of {root}/{category}: "
                          "the dataset changed since inference; re-run the workflow")
     masks = np.stack([mvtec.read_mask(s.mask_path, size, None) for s in samples])
     metrics = compute_all(saved["labels"], saved["image_score"], masks, maps)
     seconds = float(saved["seconds_per_image"])
-    row = {**tags, "category": category, "n_test_images": len(samples),
+    tracker = Tracker(env.tracking)
+    run_id = tracker.start_run(f"{run['dataset']}/{run['method']}/{run['variant']}/{category} · evaluate",
+                               {**run, "category": category, "stage": "evaluate"}, read_run_id(Path(run_info)))
+    row = {**run, "category": category, "n_test_images": len(samples),
            "n_anomalous": int(saved["labels"].sum()), **metrics,
-           "fps": 1.0 / seconds if seconds > 0 else float("nan"), "device": _device_name()}
-    frame = pd.DataFrame([row])
+           "fps": 1.0 / seconds if seconds > 0 else float("nan"), "device": _device_name(), "mlflow_run_id": run_id}
     with atomic_path(output) as tmp:
-        frame.to_parquet(tmp, index=False)
-
-    tracker = Tracker(tracking)
-    parent = read_run_id(Path(train_run_info))
-    run_id = tracker.start_run(f"{tags['dataset']}/{tags['method']}/{tags['variant']}/{category}",
-                               {**tags, "category": category, "stage": "evaluate"}, parent)
+        pd.DataFrame([row]).to_parquet(tmp, index=False)
     tracker.log_metrics(run_id, {**metrics, "fps": row["fps"]})
     tracker.log_artifact(run_id, Path(output))
     tracker.end_run(run_id)
@@ -307,7 +320,7 @@ def _device_name() -> str:
     return f"cpu ({os.cpu_count()} cores)"
 
 
-def aggregate(metric_files: Sequence[str | Path], table_path: str | Path, markdown_path: str | Path) -> pd.DataFrame:
+def aggregate(*, metric_files: Sequence[str | Path], table_path: str | Path, markdown_path: str | Path) -> pd.DataFrame:
     """Concatenate per-category metrics into the dataset x method x category table.
 
     Adds one ``mean`` row per (dataset, method, variant), the papers' "Avg." row.
@@ -333,27 +346,20 @@ def _mean_last(value: Any) -> Any:
 
 
 # ----------------------------------------------------------------------------- 5. figures
-def figures(
-    prediction_files: Sequence[str | Path],
-    dataset_root: str | Path,
-    table_path: str | Path,
-    qualitative_path: str | Path,
-    metrics_chart_path: str | Path,
-    tracking: TrackingConfig,
-    tags: dict[str, str],
-) -> None:
+def figures(*, prediction_files: Sequence[str | Path], report: str | Path, table_path: str | Path,
+            qualitative_path: str | Path, metrics_chart_path: str | Path, run: Mapping[str, str],
+            env: JobEnvironment) -> None:
     """Draw the qualitative grid and the per-category metric chart; log both to MLflow."""
     from anodiff import plots
 
-    plots.qualitative_grid([Path(p) for p in prediction_files], Path(dataset_root), Path(qualitative_path))
+    plots.qualitative_grid([Path(p) for p in prediction_files], dataset_root(report), Path(qualitative_path))
     table = pd.read_parquet(table_path)
-    selected = table[(table.dataset == tags["dataset"]) & (table.method == tags["method"])
-                     & (table.variant == tags["variant"])]
-    plots.metrics_per_category(selected, Path(metrics_chart_path),
-                               title=f"{tags['dataset']} / {tags['method']} / {tags['variant']}")
-    tracker = Tracker(tracking)
-    run_id = tracker.start_run(f"{tags['dataset']}/{tags['method']}/{tags['variant']}/summary",
-                               {**tags, "stage": "summary"})
+    selected = table[(table.dataset == run["dataset"]) & (table.method == run["method"])
+                     & (table.variant == run["variant"])]
+    name = f"{run['dataset']}/{run['method']}/{run['variant']}"
+    plots.metrics_per_category(selected, Path(metrics_chart_path), title=name.replace("/", " / "))
+    tracker = Tracker(env.tracking)
+    run_id = tracker.start_run(f"{name} · summary", {**run, "stage": "summary"})
     mean = selected[selected.category == "mean"].iloc[0]
     tracker.log_metrics(run_id, {m: float(mean[m]) for m in METRIC_NAMES})
     for path in (qualitative_path, metrics_chart_path):
@@ -361,77 +367,63 @@ def figures(
     tracker.end_run(run_id)
 
 
-def init_tracking(tracking: TrackingConfig, output: str | Path) -> None:
+def init_tracking(*, env: JobEnvironment, output: str | Path) -> None:
     """Create the tracking store and experiment once (parallel first-time creation races)."""
-    tracker = Tracker(tracking)
-    atomic_write_text(json.dumps({"experiment_id": tracker.experiment_id,
-                                  **asdict(tracking)}, indent=2), output)
+    tracker = Tracker(env.tracking)
+    atomic_write_text(json.dumps({"experiment_id": tracker.experiment_id, **asdict(env.tracking)}, indent=2), output)
 
 
 # ----------------------------------------------------------------------------- 6. paper tables
-def fps_benchmark(
-    method: str,
-    defaults_file: str | Path,
-    overrides: dict[str, Any] | None,
-    settings: dict[str, int],
-    weights_dir: str | Path,
-    output: str | Path,
-    tags: dict[str, str],
-    device: str = "auto",
-) -> None:
+def fps_benchmark(*, method: str, config: Mapping[str, Any], settings: Mapping[str, int], output: str | Path,
+                  run: Mapping[str, str], env: JobEnvironment) -> None:
     """Inference images/s of one variant at its configured resolution, batch
     ``settings['batch_size']`` (64 as DPDiff-AD Table 4), after a warm-up batch; one parquet
     row with the NFE and the device name (numbers from different devices are not comparable)."""
     from anodiff.throughput import measure_throughput
 
-    config = method_config(method, defaults_file, overrides)
-    result = measure_throughput(method, config, resolve_device(device), Path(weights_dir),
-                                batch_size=settings["batch_size"], repeats=settings["repeats"],
+    result = measure_throughput(method, resolved_config(method, config), resolve_device(env.device),
+                                env.weights_dir, batch_size=settings["batch_size"], repeats=settings["repeats"],
                                 fit_images=settings["fit_images"])
     with atomic_path(output) as tmp:
-        pd.DataFrame([{**tags, **asdict(result)}]).to_parquet(tmp, index=False)
+        pd.DataFrame([{**run, **asdict(result)}]).to_parquet(tmp, index=False)
 
 
-def paper_table(
-    paper: str,
-    table_id: str,
-    row_sources: Sequence[dict[str, Any]],
-    metric_files: Sequence[str | Path],
-    fps_files: Sequence[str | Path],
-    outputs: dict[str, str | Path],
-    caption: str,
-    protocol: str,
-    reference_device: str = "",
-) -> None:
-    """One paper table: its printed numbers with ours beside them (parquet, markdown, LaTeX)."""
+def paper_table(*, table_id: str, table: Mapping[str, Any], metric_files: Sequence[str | Path],
+                fps_files: Sequence[str | Path], outputs: Mapping[str, str | Path], env: JobEnvironment) -> None:
+    """One paper table: its printed numbers with ours beside them (parquet, markdown, LaTeX).
+
+    ``table``: its config (caption, protocol, reference_device, rows). The MLflow runs whose
+    metrics it prints get the tags ``tables.<paper>/<table>`` and ``papers.<paper>`` = true, so
+    the UI filters one table's runs (the tags are set here, not by training: mapping a run into
+    another table re-runs only this job).
+    """
     from anodiff import tables
     from anodiff.reported import load_table
 
+    paper, name = table_id.split("/")
     metrics = pd.concat([pd.read_parquet(p) for p in metric_files], ignore_index=True) if metric_files else None
     fps = pd.concat([pd.read_parquet(p) for p in fps_files], ignore_index=True) if fps_files else None
     ours = tables.our_numbers(metrics, fps) if metrics is not None else pd.DataFrame(
         columns=["dataset", "method", "variant", "category", "metric", "value", "device"])
-    table = tables.build_table(load_table(paper, table_id),
-                               [tables.RowSource.from_config(s) for s in row_sources], ours, reference_device)
-    tables.write_table(table, Path(outputs["parquet"]), Path(outputs["markdown"]), Path(outputs["latex"]),
-                       caption, protocol)
+    built = tables.build_table(load_table(paper, name), [tables.RowSource.from_config(s) for s in table["rows"]],
+                               ours, table.get("reference_device", ""))
+    tables.write_table(built, Path(outputs["parquet"]), Path(outputs["markdown"]), Path(outputs["latex"]),
+                       table["caption"], table["protocol"])
+    if metrics is not None and "mlflow_run_id" in metrics:
+        tracker = Tracker(env.tracking)
+        for run_id in metrics.mlflow_run_id.dropna().unique():
+            tracker.set_tags(run_id, {f"tables.{table_id}": "true", f"papers.{paper}": "true"})
 
 
-def paper_figure(
-    figure_id: str,
-    settings: dict[str, Any],
-    metric_files: Sequence[str | Path],
-    fps_files: Sequence[str | Path],
-    prediction_files: Sequence[str | Path],
-    dataset_root: str | Path | None,
-    outputs: Sequence[str | Path],
-) -> None:
-    """One figure of a paper (``settings['kind']``: sweep, tradeoff, histogram, qualitative)
+def paper_figure(*, figure_id: str, figure: Mapping[str, Any], metric_files: Sequence[str | Path],
+                 fps_files: Sequence[str | Path], prediction_files: Sequence[str | Path], report: str | Path,
+                 outputs: Sequence[str | Path]) -> None:
+    """One figure of a paper (``figure['kind']``: sweep, tradeoff, histogram, qualitative)
     drawn from our runs, as PNG and PDF."""
     from anodiff import plots
 
-    kind, title, paths = settings["kind"], f"{figure_id}: {settings['caption']}", [Path(p) for p in outputs]
-    runs = settings["runs"]
+    kind, title, paths = figure["kind"], f"{figure_id}: {figure['caption']}", [Path(p) for p in outputs]
+    runs = figure["runs"]
     if kind in ("sweep", "tradeoff"):
         metrics = pd.concat([pd.read_parquet(p) for p in metric_files], ignore_index=True)
         keys = ["dataset", "method", "variant"]
@@ -440,19 +432,19 @@ def paper_figure(
                                 "label": run.get("label", f"{run['method']}/{run['variant']}")} for run in runs])
         points = points.merge(means, on=keys, how="left", validate="one_to_one")
         if kind == "sweep":
-            plots.sweep(points, settings["metrics"], settings["x_label"], title, *paths)
+            plots.sweep(points, figure["metrics"], figure["x_label"], title, *paths)
         else:
             speed = pd.concat([pd.read_parquet(p) for p in fps_files], ignore_index=True)
             points = points.merge(speed[keys + ["images_per_second"]], on=keys, how="left")
-            plots.tradeoff(points.rename(columns={"images_per_second": "fps"}), settings["metrics"][0], title, *paths)
+            plots.tradeoff(points.rename(columns={"images_per_second": "fps"}), figure["metrics"][0], title, *paths)
     elif kind == "histogram":
         saved = [np.load(p) for p in prediction_files]
         labels = np.concatenate([s["labels"] for s in saved])
-        scores = {name: np.concatenate([s[f"extra_{name}"] for s in saved]) for name in settings["scores"]}
+        scores = {name: np.concatenate([s[f"extra_{name}"] for s in saved]) for name in figure["scores"]}
         plots.score_histograms(labels, scores, title, *paths)
     elif kind == "qualitative":
         labelled = {run.get("label", f"{run['method']}/{run['variant']}"): Path(p)
                     for run, p in zip(runs, prediction_files)}
-        plots.qualitative_comparison(labelled, Path(dataset_root), settings["category"], title, *paths)
+        plots.qualitative_comparison(labelled, dataset_root(report), figure["category"], title, *paths)
     else:
         raise ValueError(f"figures.{figure_id}.kind: unknown kind {kind!r}")

@@ -6,13 +6,13 @@ rule prepare_dataset:
     results/datasets/{dataset}/validation.failed.json and the job fails (README "Real datasets").
     """
     output:
-        report="results/datasets/{dataset}/validation.json",
+        report=paths.VALIDATION_REPORT,
     params:
-        dataset_config=get_dataset_config,
+        dataset_config=lambda w: PLAN.datasets[w.dataset],
     log:
-        "results/logs/prepare_dataset/{dataset}.log",
+        paths.log("prepare_dataset", "{dataset}"),
     benchmark:
-        "results/benchmarks/prepare_dataset/{dataset}.tsv"
+        paths.benchmark("prepare_dataset", "{dataset}")
     conda:
         ENV
     script:
@@ -22,13 +22,11 @@ rule prepare_dataset:
 rule init_tracking:
     """Create the MLflow store and experiment once, before parallel jobs write to it."""
     output:
-        "results/mlflow/experiment.json",
-    params:
-        tracking=tracking_config(),
+        paths.TRACKING_STAMP,
     log:
-        "results/logs/init_tracking.log",
+        paths.log("init_tracking", "init_tracking"),
     benchmark:
-        "results/benchmarks/init_tracking.tsv"
+        paths.benchmark("init_tracking", "init_tracking")
     conda:
         ENV
     script:

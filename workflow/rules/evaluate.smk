@@ -1,18 +1,15 @@
 rule evaluate:
     """All metrics of one category (exact AUROC/AP/F1-max, AUPRO, mAD) into parquet."""
     input:
-        predictions=f"{RUN_DIR}/predictions/{{category}}.npz",
-        run_info=get_train_run_info,
+        unpack(get_evaluate_inputs),
     output:
-        f"{RUN_DIR}/metrics/{{category}}.parquet",
+        paths.METRICS,
     params:
-        root=get_dataset_root,
-        tracking=tracking_config(),
-        tags=run_tags,
+        setting=param("setting"),
     log:
-        "results/logs/evaluate/{dataset}/{method}/{variant}/{category}.log",
+        paths.log("evaluate", "{dataset}/{method}/{variant}/{category}"),
     benchmark:
-        "results/benchmarks/evaluate/{dataset}/{method}/{variant}/{category}.tsv"
+        paths.benchmark("evaluate", "{dataset}/{method}/{variant}/{category}")
     conda:
         ENV
     script:
@@ -22,14 +19,14 @@ rule evaluate:
 rule aggregate:
     """The dataset x method x variant x category table, with a mean row per run."""
     input:
-        get_all_metrics,
+        lambda w: outputs_of(PLAN.runs.values(), paths.METRICS),
     output:
-        table="results/tables/metrics.parquet",
-        markdown="results/tables/metrics.md",
+        table=paths.METRIC_TABLE,
+        markdown=paths.METRIC_MARKDOWN,
     log:
-        "results/logs/aggregate.log",
+        paths.log("aggregate", "aggregate"),
     benchmark:
-        "results/benchmarks/aggregate.tsv"
+        paths.benchmark("aggregate", "aggregate")
     conda:
         ENV
     script:

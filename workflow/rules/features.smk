@@ -1,14 +1,13 @@
 rule fetch_weights:
     """Download one pretrained network into weights_dir (needs network; runs first)."""
     output:
-        status=f"{config['weights_dir']}/{{weights_key}}.status.json",
+        status=paths.WEIGHTS_STATUS.replace("{weights_dir}", config["weights_dir"]),
     params:
-        weights=get_weights,
-        weights_dir=get_weights_dir_of_output,
+        weights=lambda w: PLAN.weights[w.weights_key],
     log:
-        "results/logs/fetch_weights/{weights_key}.log",
+        paths.log("fetch_weights", "{weights_key}"),
     benchmark:
-        "results/benchmarks/fetch_weights/{weights_key}.tsv"
+        paths.benchmark("fetch_weights", "{weights_key}")
     conda:
         ENV
     script:
@@ -18,19 +17,15 @@ rule fetch_weights:
 rule cache_features:
     """Frozen-backbone features of one split of one category, computed once and reused."""
     input:
-        report=get_validation_report,
-        weights=get_backbone_weights_status,
+        unpack(get_cache_inputs),
     output:
-        "results/features/{dataset}/{spec_key}/{category}/{split}.pt",
+        paths.FEATURE_CACHE,
     params:
-        root=get_dataset_root,
-        spec=get_spec,
-        weights_dir=config["weights_dir"],
-        device=config["device"],
+        spec=lambda w: PLAN.feature_specs[w.spec_key],
     log:
-        "results/logs/cache_features/{dataset}/{spec_key}/{category}_{split}.log",
+        paths.log("cache_features", "{dataset}/{spec_key}/{category}_{split}"),
     benchmark:
-        "results/benchmarks/cache_features/{dataset}/{spec_key}/{category}_{split}.tsv"
+        paths.benchmark("cache_features", "{dataset}/{spec_key}/{category}_{split}")
     conda:
         ENV
     script:

@@ -1,18 +1,16 @@
 rule infer:
     """Anomaly maps and image scores of every test image of one category."""
     input:
-        model=get_model,
-        cache=get_test_cache,
+        unpack(get_infer_inputs),
     output:
-        f"{RUN_DIR}/predictions/{{category}}.npz",
+        paths.PREDICTIONS,
     params:
-        defaults_file=get_defaults_file,
-        weights_dir=config["weights_dir"],
-        device=config["device"],
+        config=param("config"),
+        training_hash=param("training_hash"),
     log:
-        "results/logs/infer/{dataset}/{method}/{variant}/{category}.log",
+        paths.log("infer", "{dataset}/{method}/{variant}/{category}"),
     benchmark:
-        "results/benchmarks/infer/{dataset}/{method}/{variant}/{category}.tsv"
+        paths.benchmark("infer", "{dataset}/{method}/{variant}/{category}")
     conda:
         ENV
     script:

@@ -1,27 +1,24 @@
 rule figures:
     """Qualitative grid (image / ground truth / map) and per-category metric chart."""
     input:
-        predictions=get_variant_predictions,
-        table="results/tables/metrics.parquet",
+        predictions=lambda w: outputs_of([run_of(w)], paths.PREDICTIONS),
+        table=paths.METRIC_TABLE,
+        report=lambda w: report_of(w.dataset),
     output:
         qualitative=report(
-            "results/figures/{dataset}/{method}/{variant}/qualitative.png",
+            paths.RUN_FIGURE.replace("{name}", "qualitative"),
             caption="../report/qualitative.rst",
             category="Qualitative",
         ),
         metrics=report(
-            "results/figures/{dataset}/{method}/{variant}/metrics.png",
+            paths.RUN_FIGURE.replace("{name}", "metrics"),
             caption="../report/metrics.rst",
             category="Metrics",
         ),
-    params:
-        root=get_dataset_root,
-        tracking=tracking_config(),
-        tags=run_tags,
     log:
-        "results/logs/figures/{dataset}/{method}/{variant}.log",
+        paths.log("figures", "{dataset}/{method}/{variant}"),
     benchmark:
-        "results/benchmarks/figures/{dataset}/{method}/{variant}.tsv"
+        paths.benchmark("figures", "{dataset}/{method}/{variant}")
     conda:
         ENV
     script:

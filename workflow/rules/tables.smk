@@ -1,20 +1,18 @@
 rule fps:
     """Inference images/s of one variant at its resolution, batch 64 (DPDiff-AD Table 4)."""
     input:
-        weights=get_fps_weights,
+        weights=lambda w: weights_status(run_of(w).weights),
     output:
-        "results/fps/{dataset}/{method}/{variant}.parquet",
+        paths.FPS,
     params:
-        defaults_file=get_defaults_file,
-        overrides=get_overrides,
+        config=param("config"),
+        setting=param("setting"),
+        nfe=param("nfe"),
         settings=config["fps"],
-        weights_dir=config["weights_dir"],
-        tags=run_tags,
-        device=config["device"],
     log:
-        "results/logs/fps/{dataset}/{method}/{variant}.log",
+        paths.log("fps", "{dataset}/{method}/{variant}"),
     benchmark:
-        "results/benchmarks/fps/{dataset}/{method}/{variant}.tsv"
+        paths.benchmark("fps", "{dataset}/{method}/{variant}")
     conda:
         ENV
     script:
@@ -22,27 +20,25 @@ rule fps:
 
 
 rule paper_table:
-    """One paper table: the printed numbers with ours beside them, the difference, bold best."""
+    """One paper table: the printed numbers with ours beside them, the difference, bold best;
+    the MLflow runs it reads get the tags tables.<paper>/<table> and papers.<paper>."""
     input:
         unpack(get_table_inputs),
     output:
-        parquet="results/tables/{paper}/{table}.parquet",
+        parquet=paths.PAPER_TABLE.replace("{ext}", "parquet"),
         markdown=report(
-            "results/tables/{paper}/{table}.md",
+            paths.PAPER_TABLE.replace("{ext}", "md"),
             caption="../report/paper_table.rst",
             category="Paper tables",
             subcategory="{paper}",
         ),
-        latex="results/tables/{paper}/{table}.tex",
+        latex=paths.PAPER_TABLE.replace("{ext}", "tex"),
     params:
-        rows=get_table_rows,
-        caption=get_table_setting("caption"),
-        protocol=get_table_setting("protocol"),
-        reference_device=get_table_setting("reference_device"),
+        table=lambda w: PLAN.tables[f"{w.paper}/{w.table}"],
     log:
-        "results/logs/paper_table/{paper}/{table}.log",
+        paths.log("paper_table", "{paper}/{table}"),
     benchmark:
-        "results/benchmarks/paper_table/{paper}/{table}.tsv"
+        paths.benchmark("paper_table", "{paper}/{table}")
     conda:
         ENV
     script:
@@ -55,19 +51,18 @@ rule paper_figure:
         unpack(get_figure_inputs),
     output:
         png=report(
-            "results/paper_figures/{paper}/{figure}.png",
+            paths.PAPER_FIGURE.replace("{ext}", "png"),
             caption="../report/paper_figure.rst",
             category="Paper figures",
             subcategory="{paper}",
         ),
-        pdf="results/paper_figures/{paper}/{figure}.pdf",
+        pdf=paths.PAPER_FIGURE.replace("{ext}", "pdf"),
     params:
-        settings=get_figure_settings,
-        root=get_figure_dataset_root,
+        figure=lambda w: PLAN.figures[f"{w.paper}/{w.figure}"],
     log:
-        "results/logs/paper_figure/{paper}/{figure}.log",
+        paths.log("paper_figure", "{paper}/{figure}"),
     benchmark:
-        "results/benchmarks/paper_figure/{paper}/{figure}.tsv"
+        paths.benchmark("paper_figure", "{paper}/{figure}")
     conda:
         ENV
     script:

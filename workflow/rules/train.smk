@@ -1,19 +1,17 @@
 rule pretrain:
-    """A method's stage before training, as its own job (DiAD: fine-tune the autoencoder)."""
+    """A method's stage before training, as its own job (DiAD: fine-tune the autoencoder); one
+    job per distinct pretrain config, shared by every variant with the same pretrain hash."""
     input:
-        unpack(get_pretrain_inputs),
+        unpack(get_group_inputs),
     output:
-        f"{RUN_DIR}/models/{{group}}.pretrain.pt",
+        paths.PRETRAINED,
     params:
-        defaults_file=get_defaults_file,
-        overrides=get_overrides,
-        weights_dir=config["weights_dir"],
+        config=param("pretrain_config"),
         seed=config["seed"],
-        device=config["device"],
     log:
-        "results/logs/pretrain/{dataset}/{method}/{variant}/{group}.log",
+        paths.log("pretrain", "{dataset}/{method}/{variant}/{group}"),
     benchmark:
-        "results/benchmarks/pretrain/{dataset}/{method}/{variant}/{group}.tsv"
+        paths.benchmark("pretrain", "{dataset}/{method}/{variant}/{group}")
     conda:
         ENV
     script:
@@ -21,52 +19,43 @@ rule pretrain:
 
 
 rule train:
-    """Fit one model (a category, or all categories when unified) on cached features."""
+    """Fit one model (a category, or all categories when unified) on cached features. Its params
+    are the training slice of the config: an inference-only edit never re-trains."""
     input:
         unpack(get_train_inputs),
     output:
-        model=f"{RUN_DIR}/models/{{group}}.pt",
-        run_info=f"{RUN_DIR}/models/{{group}}.run.json",
+        model=paths.MODEL,
+        run_info=paths.MODEL_RUN_INFO,
     params:
-        defaults_file=get_defaults_file,
-        overrides=get_overrides,
-        tracking=tracking_config(),
-        tags=get_train_tags,
-        weights_dir=config["weights_dir"],
+        config=param("training_config"),
+        setting=param("setting"),
         seed=config["seed"],
-        device=config["device"],
     log:
-        "results/logs/train/{dataset}/{method}/{variant}/{group}.log",
+        paths.log("train", "{dataset}/{method}/{variant}/{group}"),
     benchmark:
-        "results/benchmarks/train/{dataset}/{method}/{variant}/{group}.tsv"
+        paths.benchmark("train", "{dataset}/{method}/{variant}/{group}")
     conda:
         ENV
     script:
         "../scripts/train.py"
 
 
-rule reuse_model:
-    """A variant that differs from an earlier one only in inference settings (the method's
-    inference_keys) scores that variant's trained weights; only training-set statistics that
-    depend on the inference settings are recomputed (common.smk: training_owner)."""
+rule link_model:
+    """Point a variant at the weights it scores (its owner's, anodiff.plan) without copying
+    them, and compute the detector's inference-dependent training statistics (calibration)."""
     input:
-        unpack(get_reuse_inputs),
+        unpack(get_link_inputs),
     output:
-        model=f"{RUN_DIR}/models/{{group}}.reused.pt",
-        run_info=f"{RUN_DIR}/models/{{group}}.reused.run.json",
+        paths.LINK,
     params:
-        defaults_file=get_defaults_file,
-        overrides=get_overrides,
-        tracking=tracking_config(),
-        tags=get_train_tags,
-        weights_dir=config["weights_dir"],
-        seed=config["seed"],
-        device=config["device"],
+        config=param("config"),
+        training_hash=param("training_hash"),
+        setting=param("setting"),
     log:
-        "results/logs/reuse_model/{dataset}/{method}/{variant}/{group}.log",
+        paths.log("link_model", "{dataset}/{method}/{variant}/{group}"),
     benchmark:
-        "results/benchmarks/reuse_model/{dataset}/{method}/{variant}/{group}.tsv"
+        paths.benchmark("link_model", "{dataset}/{method}/{variant}/{group}")
     conda:
         ENV
     script:
-        "../scripts/train.py"
+        "../scripts/link_model.py"

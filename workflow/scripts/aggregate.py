@@ -2,4 +2,5 @@
 from anodiff.pipeline import aggregate, setup_job
 
 setup_job(snakemake.log[0], snakemake.threads)
-aggregate(list(snakemake.input), snakemake.output.table, snakemake.output.markdown)
+aggregate(metric_files=list(snakemake.input), table_path=snakemake.output.table,
+          markdown_path=snakemake.output.markdown)

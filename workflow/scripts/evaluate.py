@@ -1,13 +1,14 @@
 """Snakemake script: metrics of one category into parquet, logged to MLflow."""
-from anodiff.pipeline import evaluate, setup_job
+from anodiff.pipeline import JobEnvironment, evaluate, setup_job
 
 setup_job(snakemake.log[0], snakemake.threads)
+w = snakemake.wildcards
 evaluate(
-    snakemake.input.predictions,
-    snakemake.params.root,
-    snakemake.wildcards.category,
-    snakemake.output[0],
-    snakemake.input.run_info,
-    snakemake.params.tracking,
-    snakemake.params.tags,
+    predictions=snakemake.input.predictions,
+    report=snakemake.input.report,
+    category=w.category,
+    output=snakemake.output[0],
+    run_info=snakemake.input.run_info,
+    run={"dataset": w.dataset, "method": w.method, "variant": w.variant, "setting": snakemake.params.setting},
+    env=JobEnvironment.from_config(snakemake.config),
 )

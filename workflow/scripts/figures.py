@@ -1,13 +1,14 @@
 """Snakemake script: qualitative grid and per-category metric chart of one run."""
-from anodiff.pipeline import figures, setup_job
+from anodiff.pipeline import JobEnvironment, figures, setup_job
 
 setup_job(snakemake.log[0], snakemake.threads)
+w = snakemake.wildcards
 figures(
-    list(snakemake.input.predictions),
-    snakemake.params.root,
-    snakemake.input.table,
-    snakemake.output.qualitative,
-    snakemake.output.metrics,
-    snakemake.params.tracking,
-    snakemake.params.tags,
+    prediction_files=list(snakemake.input.predictions),
+    report=snakemake.input.report,
+    table_path=snakemake.input.table,
+    qualitative_path=snakemake.output.qualitative,
+    metrics_chart_path=snakemake.output.metrics,
+    run={"dataset": w.dataset, "method": w.method, "variant": w.variant},
+    env=JobEnvironment.from_config(snakemake.config),
 )

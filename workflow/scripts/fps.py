@@ -1,14 +1,13 @@
 """Snakemake script: inference throughput of one variant (the FPS tables)."""
-from anodiff.pipeline import fps_benchmark, setup_job
+from anodiff.pipeline import JobEnvironment, fps_benchmark, setup_job
 
 setup_job(snakemake.log[0], snakemake.threads)
+w = snakemake.wildcards
 fps_benchmark(
-    snakemake.wildcards.method,
-    snakemake.params.defaults_file,
-    snakemake.params.overrides,
-    snakemake.params.settings,
-    snakemake.params.weights_dir,
-    snakemake.output[0],
-    snakemake.params.tags,
-    snakemake.params.device,
+    method=w.method,
+    config=snakemake.params.config,
+    settings=snakemake.params.settings,
+    output=snakemake.output[0],
+    run={"dataset": w.dataset, "method": w.method, "variant": w.variant, "setting": snakemake.params.setting},
+    env=JobEnvironment.from_config(snakemake.config),
 )

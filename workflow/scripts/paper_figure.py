@@ -3,11 +3,11 @@ from anodiff.pipeline import paper_figure, setup_job
 
 setup_job(snakemake.log[0], snakemake.threads)
 paper_figure(
-    f"{snakemake.wildcards.paper}/{snakemake.wildcards.figure}",
-    snakemake.params.settings,
-    list(snakemake.input.metrics),
-    list(snakemake.input.fps),
-    list(snakemake.input.predictions),
-    snakemake.params.root,
-    [snakemake.output.png, snakemake.output.pdf],
+    figure_id=f"{snakemake.wildcards.paper}/{snakemake.wildcards.figure}",
+    figure=snakemake.params.figure,
+    metric_files=list(snakemake.input.metrics),
+    fps_files=list(snakemake.input.fps),
+    prediction_files=list(snakemake.input.predictions),
+    report=snakemake.input.report,
+    outputs=[snakemake.output.png, snakemake.output.pdf],
 )

@@ -2,4 +2,5 @@
 from anodiff.pipeline import prepare_dataset, setup_job
 
 setup_job(snakemake.log[0], snakemake.threads)
-prepare_dataset(snakemake.wildcards.dataset, snakemake.params.dataset_config, snakemake.output.report)
+prepare_dataset(dataset=snakemake.wildcards.dataset, dataset_config=snakemake.params.dataset_config,
+                report_path=snakemake.output.report)

@@ -1,14 +1,12 @@
 """Snakemake script: a method's pretrain stage (e.g. DiAD's autoencoder fine-tuning)."""
-from anodiff.pipeline import pretrain, setup_job
+from anodiff.pipeline import JobEnvironment, pretrain, setup_job
 
 setup_job(snakemake.log[0], snakemake.threads)
 pretrain(
-    snakemake.wildcards.method,
-    snakemake.params.defaults_file,
-    snakemake.params.overrides,
-    list(snakemake.input.caches),
-    snakemake.output[0],
-    snakemake.params.weights_dir,
-    snakemake.params.seed,
-    snakemake.params.device,
+    method=snakemake.wildcards.method,
+    config=snakemake.params.config,
+    train_caches=list(snakemake.input.caches),
+    output=snakemake.output[0],
+    env=JobEnvironment.from_config(snakemake.config),
+    seed=snakemake.params.seed,
 )

@@ -1,20 +1,16 @@
-"""Snakemake script (rules train and reuse_model): fit one model, or reuse another variant's
-weights (input ``shared``), and log the run to MLflow."""
-from anodiff.pipeline import setup_job, train
+"""Snakemake script: fit one model on its training slice of the config; log it to MLflow."""
+from anodiff.pipeline import JobEnvironment, setup_job, train
 
 setup_job(snakemake.log[0], snakemake.threads)
+w = snakemake.wildcards
 train(
-    snakemake.wildcards.method,
-    snakemake.params.defaults_file,
-    snakemake.params.overrides,
-    list(snakemake.input.caches),
-    snakemake.output.model,
-    snakemake.output.run_info,
-    snakemake.params.tracking,
-    snakemake.params.tags,
-    snakemake.params.weights_dir,
-    snakemake.input.get("pretrained"),
-    snakemake.params.seed,
-    snakemake.params.device,
-    snakemake.input.get("shared"),
+    method=w.method,
+    config=snakemake.params.config,
+    train_caches=list(snakemake.input.caches),
+    model_path=snakemake.output.model,
+    run_info_path=snakemake.output.run_info,
+    run={"dataset": w.dataset, "variant": w.variant, "group": w.group, "setting": snakemake.params.setting},
+    env=JobEnvironment.from_config(snakemake.config),
+    pretrained_path=snakemake.input.get("pretrained"),
+    seed=snakemake.params.seed,
 )

@@ -1,0 +1,60 @@
+"""Every file the workflow reads or writes, as one template each (rules and code share them).
+
+Templates use Snakemake's ``{wildcard}`` syntax; fill one with :func:`fill`. Paths are
+relative to the working directory the workflow runs in (the repository root by default), so
+a copied or moved checkout keeps every path, and no job parameter ever holds a path.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+CONFIG_SCHEMA = "workflow/schemas/config.schema.yaml"  # relative to the repository
+RESULTS = "results"
+RUN_DIR = "results/{dataset}/{method}/{variant}"
+
+# data and pretrained networks
+VALIDATION_REPORT = "results/datasets/{dataset}/validation.json"
+WEIGHTS_STATUS = "{weights_dir}/{weights_key}.status.json"
+FEATURE_CACHE = "results/features/{dataset}/{spec_key}/{category}/{split}.pt"
+
+# models: a variant that trains writes MODEL; a variant that scores another variant's
+# weights, or whose detector calibrates on the training set, writes LINK (a small JSON
+# pointer to the weights, with the calibration state)
+PRETRAINED = RUN_DIR + "/models/{group}.pretrain.pt"
+MODEL = RUN_DIR + "/models/{group}.pt"
+MODEL_RUN_INFO = RUN_DIR + "/models/{group}.run.json"
+LINK = RUN_DIR + "/models/{group}.link.json"
+
+# inference and metrics
+PREDICTIONS = RUN_DIR + "/predictions/{category}.npz"
+METRICS = RUN_DIR + "/metrics/{category}.parquet"
+FPS = "results/fps/{dataset}/{method}/{variant}.parquet"
+METRIC_TABLE = "results/tables/metrics.parquet"
+METRIC_MARKDOWN = "results/tables/metrics.md"
+RUN_FIGURE = "results/figures/{dataset}/{method}/{variant}/{name}.png"
+RUN_FIGURE_NAMES = ("qualitative", "metrics")
+PAPER_TABLE = "results/tables/{paper}/{table}.{ext}"
+PAPER_TABLE_EXTENSIONS = ("parquet", "md", "tex")
+PAPER_FIGURE = "results/paper_figures/{paper}/{figure}.{ext}"
+PAPER_FIGURE_EXTENSIONS = ("png", "pdf")
+
+# bookkeeping
+TRACKING_STAMP = "results/mlflow/experiment.json"
+LOGS = "results/logs"
+BENCHMARKS = "results/benchmarks"
+
+
+def fill(template: str, **values: Any) -> str:
+    """``template`` with every wildcard replaced (a missing one raises ``KeyError``)."""
+    return template.format(**values)
+
+
+def log(rule: str, stem: str) -> str:
+    """The log file of one job of ``rule``; ``stem`` is a wildcard pattern like ``{dataset}``."""
+    return f"{LOGS}/{rule}/{stem}.log"
+
+
+def benchmark(rule: str, stem: str) -> str:
+    """The Snakemake benchmark file of one job of ``rule``."""
+    return f"{BENCHMARKS}/{rule}/{stem}.tsv"
