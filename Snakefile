@@ -12,6 +12,9 @@ if not workflow.overwrite_configfiles:
     configfile: "config/config.yaml"
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/features.smk"
@@ -33,3 +36,9 @@ rule all:
     input:
         all_outputs(),
     default_target: True
+
+
+onsuccess:
+    from anodiff.tables import run_summary
+
+    print(run_summary(Path(paths.METRIC_TABLE)))

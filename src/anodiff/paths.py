@@ -32,10 +32,12 @@ METRICS = RUN_DIR + "/metrics/{category}.parquet"
 FPS = "results/fps/{dataset}/{method}/{variant}.parquet"
 METRIC_TABLE = "results/tables/metrics.parquet"
 METRIC_MARKDOWN = "results/tables/metrics.md"
+METRIC_HTML = "results/tables/metrics.html"
+METRIC_CSV = "results/tables/metrics.csv"
 RUN_FIGURE = "results/figures/{dataset}/{method}/{variant}/{name}.png"
 RUN_FIGURE_NAMES = ("qualitative", "metrics")
 PAPER_TABLE = "results/tables/{paper}/{table}.{ext}"
-PAPER_TABLE_EXTENSIONS = ("parquet", "md", "tex")
+PAPER_TABLE_EXTENSIONS = ("parquet", "md", "tex", "csv", "html")
 PAPER_FIGURE = "results/paper_figures/{paper}/{figure}.{ext}"
 PAPER_FIGURE_EXTENSIONS = ("png", "pdf")
 
@@ -48,6 +50,12 @@ BENCHMARKS = "results/benchmarks"
 def fill(template: str, **values: Any) -> str:
     """``template`` with every wildcard replaced (a missing one raises ``KeyError``)."""
     return template.format(**values)
+
+
+def paper_files(template: str, item_id: str, extensions: tuple[str, ...]) -> list[str]:
+    """The files of a paper table or figure ``<paper>/<name>`` (PAPER_TABLE or PAPER_FIGURE)."""
+    paper, name = item_id.split("/")
+    return [template.format(paper=paper, table=name, figure=name, ext=ext) for ext in extensions]
 
 
 def log(rule: str, stem: str) -> str:

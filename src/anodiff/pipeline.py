@@ -30,6 +30,7 @@ from anodiff.methods import get_method
 from anodiff.methods.base import Prediction, TrainCallbacks
 from anodiff.methods.spec import FeatureSpec
 from anodiff.metrics import METRIC_NAMES, compute_all
+from anodiff.progress import line_based
 from anodiff.tracking import Tracker, TrackingConfig, git_commit, read_run_id, write_run_info
 from anodiff.utils import atomic_path, atomic_torch_save, atomic_write_text, resolve_device, seed_everything
 from anodiff.weights import PretrainedWeights, download
@@ -59,11 +60,32 @@ def setup_job(log_path: str | None, threads: int = 1) -> None:
     """Send this job's stderr and logging to its Snakemake log file; cap torch threads."""
     if log_path:
         Path(log_path).parent.mkdir(parents=True, exist_ok=True)
-        sys.stderr = open(log_path, "w", buffering=1)  # noqa: SIM115 - lives as long as the job
+        sys.stderr = line_based(open(log_path, "w", buffering=1))  # noqa: SIM115 - lives as long as the job
     logging.basicConfig(
         stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     torch.set_num_threads(max(1, threads))
+
+
+def weights_provenance(status_files: Sequence[str | Path]) -> dict[str, Any]:
+    """What a person must see beside every number: were a run's pretrained networks real?
+
+    ``status_files``: the run's ``fetch_weights`` outputs; a network not fetched was replaced
+    by a seeded random stand-in (``allow_random_weights``, offline demos).
+    """
+    random = sorted(Path(path).name.removesuffix(".status.json") for path in status_files
+                    if not json.loads(Path(path).read_text()).get("fetched", False))
+    return {"pretrained_weights": not random, "random_weights": ", ".join(random)}
+
+
+def weights_subtitle(status_files: Sequence[str | Path]) -> str:
+    """A figure's provenance line: empty with real pretrained weights, loud without."""
+    random = weights_provenance(status_files)["random_weights"]
+    return f"RANDOM weights ({random}): offline stand-ins, not comparable with the papers" if random else ""
+
+
+def _tags(provenance: Mapping[str, Any]) -> dict[str, str]:
+    return {key: str(value).lower() if isinstance(value, bool) else str(value) for key, value in provenance.items()}
 
 
 def resolved_config(method: str, config: Mapping[str, Any]) -> Any:
@@ -141,7 +163,8 @@ def pretrain(*, method: str, config: Mapping[str, Any], train_caches: Sequence[s
 
 def train(*, method: str, config: Mapping[str, Any], train_caches: Sequence[str | Path], model_path: str | Path,
           run_info_path: str | Path, run: Mapping[str, str], env: JobEnvironment,
-          pretrained_path: str | Path | None = None, seed: int = 0) -> None:
+          pretrained_path: str | Path | None = None, seed: int = 0,
+          weights_status: Sequence[str | Path] = ()) -> None:
     """Fit one model on the cached training features; log the run to MLflow.
 
     ``config``: the training slice of the run's config (without the method's inference
@@ -166,7 +189,8 @@ def train(*, method: str, config: Mapping[str, Any], train_caches: Sequence[str 
     training_hash = entry.training_hash(dict(config))
     tracker = Tracker(env.tracking)
     run_id = tracker.start_run(f"{run['dataset']}/{method}/{run['variant']}/{run['group']} · train",
-                               {**run, "method": method, "stage": "train", "training_hash": training_hash})
+                               {**run, **_tags(weights_provenance(weights_status)), "method": method, "stage": "train",
+                                "training_hash": training_hash})
     tracker.log_params(run_id, {**to_flat_dict(config), "method": method, "seed": seed, "git_commit": git_commit(),
                                 "n_train_images": len(train_set), "device": str(torch_device),
                                 "categories": sorted(set(train_set.categories))})
@@ -283,12 +307,16 @@ def _check_finite(values: np.ndarray, what: str) -> None:
 
 # ----------------------------------------------------------------------------- 4. metrics
 def evaluate(*, predictions: str | Path, report: str | Path, category: str, output: str | Path,
-             run_info: str | Path, run: Mapping[str, str], env: JobEnvironment) -> None:
+             run_info: str | Path, run: Mapping[str, str], env: JobEnvironment,
+             weights_status: Sequence[str | Path] = ()) -> None:
     """Compute every metric of one category; write a one-row parquet; log a nested run.
 
     ``run``: dataset, method, variant and setting (the row's keys and MLflow tags); the row
-    also names its MLflow run (``mlflow_run_id``), which the paper-table jobs tag.
+    also names its MLflow run (``mlflow_run_id``), which the paper-table jobs tag, and says
+    whether the run's pretrained networks were real (``weights_status``: their fetch_weights
+    status files; ``pretrained_weights``, ``random_weights``).
     """
+    provenance = weights_provenance(weights_status)
     saved = np.load(predictions)
     maps = saved["anomaly_map"]
     size = maps.shape[-1]
@@ -303,8 +331,9 @@ def evaluate(*, predictions: str | Path, report: str | Path, category: str, outp
     seconds = float(saved["seconds_per_image"])
     tracker = Tracker(env.tracking)
     run_id = tracker.start_run(f"{run['dataset']}/{run['method']}/{run['variant']}/{category} · evaluate",
-                               {**run, "category": category, "stage": "evaluate"}, read_run_id(Path(run_info)))
-    row = {**run, "category": category, "n_test_images": len(samples),
+                               {**run, **_tags(provenance), "category": category, "stage": "evaluate"},
+                               read_run_id(Path(run_info)))
+    row = {**run, **provenance, "category": category, "n_test_images": len(samples),
            "n_anomalous": int(saved["labels"].sum()), **metrics,
            "fps": 1.0 / seconds if seconds > 0 else float("nan"), "device": _device_name(), "mlflow_run_id": run_id}
     with atomic_path(output) as tmp:
@@ -320,44 +349,37 @@ def _device_name() -> str:
     return f"cpu ({os.cpu_count()} cores)"
 
 
-def aggregate(*, metric_files: Sequence[str | Path], table_path: str | Path, markdown_path: str | Path) -> pd.DataFrame:
+def aggregate(*, metric_files: Sequence[str | Path], table_path: str | Path, markdown_path: str | Path,
+              html_path: str | Path | None = None, csv_path: str | Path | None = None) -> pd.DataFrame:
     """Concatenate per-category metrics into the dataset x method x category table.
 
     Adds one ``mean`` row per (dataset, method, variant), the papers' "Avg." row.
     """
-    frame = pd.concat([pd.read_parquet(p) for p in metric_files], ignore_index=True)
-    keys = ["dataset", "method", "variant"]
-    means = frame.groupby(keys, as_index=False)[list(METRIC_NAMES) + ["fps"]].mean()
-    means["category"] = "mean"
-    table = pd.concat([frame, means], ignore_index=True)
-    table = table.sort_values(keys + ["category"], key=lambda c: c.map(_mean_last), kind="stable")
+    from anodiff import tables
+
+    table = tables.with_means(pd.concat([pd.read_parquet(p) for p in metric_files], ignore_index=True))
     with atomic_path(table_path) as tmp:
         table.to_parquet(tmp, index=False)
-    shown = table[keys + ["category"] + list(METRIC_NAMES) + ["fps"]].copy()
-    shown[list(METRIC_NAMES)] = (shown[list(METRIC_NAMES)] * 100).round(1)
-    shown["fps"] = shown["fps"].round(1)
-    atomic_write_text("Metrics in %, exact (no threshold approximation).\n\n"
-                      + shown.to_markdown(index=False) + "\n", markdown_path)
+    tables.write_metric_table(table, Path(markdown_path), html_path=html_path and Path(html_path),
+                              csv_path=csv_path and Path(csv_path))
     return table
-
-
-def _mean_last(value: Any) -> Any:
-    return f"~{value}" if value == "mean" else value  # "~" sorts after letters
 
 
 # ----------------------------------------------------------------------------- 5. figures
 def figures(*, prediction_files: Sequence[str | Path], report: str | Path, table_path: str | Path,
             qualitative_path: str | Path, metrics_chart_path: str | Path, run: Mapping[str, str],
-            env: JobEnvironment) -> None:
+            env: JobEnvironment, weights_status: Sequence[str | Path] = ()) -> None:
     """Draw the qualitative grid and the per-category metric chart; log both to MLflow."""
     from anodiff import plots
 
-    plots.qualitative_grid([Path(p) for p in prediction_files], dataset_root(report), Path(qualitative_path))
+    title, subtitle = f"{run['method']} ({run['variant']} variant) on {run['dataset']}", weights_subtitle(weights_status)
+    plots.qualitative_grid([Path(p) for p in prediction_files], dataset_root(report), Path(qualitative_path),
+                           title=title, subtitle=subtitle)
     table = pd.read_parquet(table_path)
     selected = table[(table.dataset == run["dataset"]) & (table.method == run["method"])
                      & (table.variant == run["variant"])]
     name = f"{run['dataset']}/{run['method']}/{run['variant']}"
-    plots.metrics_per_category(selected, Path(metrics_chart_path), title=name.replace("/", " / "))
+    plots.metrics_per_category(selected, Path(metrics_chart_path), title=title, subtitle=subtitle)
     tracker = Tracker(env.tracking)
     run_id = tracker.start_run(f"{name} · summary", {**run, "stage": "summary"})
     mean = selected[selected.category == "mean"].iloc[0]
@@ -375,7 +397,7 @@ def init_tracking(*, env: JobEnvironment, output: str | Path) -> None:
 
 # ----------------------------------------------------------------------------- 6. paper tables
 def fps_benchmark(*, method: str, config: Mapping[str, Any], settings: Mapping[str, int], output: str | Path,
-                  run: Mapping[str, str], env: JobEnvironment) -> None:
+                  run: Mapping[str, str], env: JobEnvironment, weights_status: Sequence[str | Path] = ()) -> None:
     """Inference images/s of one variant at its configured resolution, batch
     ``settings['batch_size']`` (64 as DPDiff-AD Table 4), after a warm-up batch; one parquet
     row with the NFE and the device name (numbers from different devices are not comparable)."""
@@ -385,7 +407,7 @@ def fps_benchmark(*, method: str, config: Mapping[str, Any], settings: Mapping[s
                                 env.weights_dir, batch_size=settings["batch_size"], repeats=settings["repeats"],
                                 fit_images=settings["fit_images"])
     with atomic_path(output) as tmp:
-        pd.DataFrame([{**run, **asdict(result)}]).to_parquet(tmp, index=False)
+        pd.DataFrame([{**run, **asdict(result), **weights_provenance(weights_status)}]).to_parquet(tmp, index=False)
 
 
 def paper_table(*, table_id: str, table: Mapping[str, Any], metric_files: Sequence[str | Path],
@@ -408,7 +430,8 @@ def paper_table(*, table_id: str, table: Mapping[str, Any], metric_files: Sequen
     built = tables.build_table(load_table(paper, name), [tables.RowSource.from_config(s) for s in table["rows"]],
                                ours, table.get("reference_device", ""))
     tables.write_table(built, Path(outputs["parquet"]), Path(outputs["markdown"]), Path(outputs["latex"]),
-                       table["caption"], table["protocol"])
+                       table["caption"], table["protocol"], csv_path=Path(outputs["csv"]),
+                       html_path=Path(outputs["html"]))
     if metrics is not None and "mlflow_run_id" in metrics:
         tracker = Tracker(env.tracking)
         for run_id in metrics.mlflow_run_id.dropna().unique():
@@ -417,12 +440,15 @@ def paper_table(*, table_id: str, table: Mapping[str, Any], metric_files: Sequen
 
 def paper_figure(*, figure_id: str, figure: Mapping[str, Any], metric_files: Sequence[str | Path],
                  fps_files: Sequence[str | Path], prediction_files: Sequence[str | Path], report: str | Path,
-                 outputs: Sequence[str | Path]) -> None:
+                 outputs: Sequence[str | Path], weights_status: Sequence[str | Path] = ()) -> None:
     """One figure of a paper (``figure['kind']``: sweep, tradeoff, histogram, qualitative)
-    drawn from our runs, as PNG and PDF."""
+    drawn from our runs, as PNG and PDF; ``weights_status`` (the runs' fetch_weights outputs)
+    gives the subtitle that flags random stand-in weights."""
     from anodiff import plots
 
-    kind, title, paths = figure["kind"], f"{figure_id}: {figure['caption']}", [Path(p) for p in outputs]
+    subtitle = weights_subtitle(weights_status)
+
+    kind, title, paths = figure["kind"], figure["caption"], [Path(p) for p in outputs]
     runs = figure["runs"]
     if kind in ("sweep", "tradeoff"):
         metrics = pd.concat([pd.read_parquet(p) for p in metric_files], ignore_index=True)
@@ -432,19 +458,21 @@ def paper_figure(*, figure_id: str, figure: Mapping[str, Any], metric_files: Seq
                                 "label": run.get("label", f"{run['method']}/{run['variant']}")} for run in runs])
         points = points.merge(means, on=keys, how="left", validate="one_to_one")
         if kind == "sweep":
-            plots.sweep(points, figure["metrics"], figure["x_label"], title, *paths)
+            plots.sweep(points, figure["metrics"], figure["x_label"], title, *paths, subtitle=subtitle)
         else:
             speed = pd.concat([pd.read_parquet(p) for p in fps_files], ignore_index=True)
             points = points.merge(speed[keys + ["images_per_second"]], on=keys, how="left")
-            plots.tradeoff(points.rename(columns={"images_per_second": "fps"}), figure["metrics"][0], title, *paths)
+            plots.tradeoff(points.rename(columns={"images_per_second": "fps"}), figure["metrics"][0], title, *paths,
+                           subtitle=subtitle)
     elif kind == "histogram":
         saved = [np.load(p) for p in prediction_files]
         labels = np.concatenate([s["labels"] for s in saved])
         scores = {name: np.concatenate([s[f"extra_{name}"] for s in saved]) for name in figure["scores"]}
-        plots.score_histograms(labels, scores, title, *paths)
+        plots.score_histograms(labels, scores, title, *paths, subtitle=subtitle)
     elif kind == "qualitative":
         labelled = {run.get("label", f"{run['method']}/{run['variant']}"): Path(p)
                     for run, p in zip(runs, prediction_files)}
-        plots.qualitative_comparison(labelled, dataset_root(report), figure["category"], title, *paths)
+        plots.qualitative_comparison(labelled, dataset_root(report), figure["category"], title, *paths,
+                                     subtitle=subtitle)
     else:
         raise ValueError(f"figures.{figure_id}.kind: unknown kind {kind!r}")

@@ -31,7 +31,7 @@ def run_of(w):
 
 
 def param(attribute):
-    """A rule param: one field of the wildcards' run (plain data, see anodiff.plan)."""
+
     return lambda w: getattr(run_of(w), attribute)
 
 
@@ -98,7 +98,7 @@ def get_infer_inputs(w):
 def get_evaluate_inputs(w):
     run = run_of(w)
     return {"predictions": at(paths.PREDICTIONS, run, category=w.category), "report": report_of(run.dataset),
-            "run_info": model_inputs(run, w.category)["run_info"]}
+            "run_info": model_inputs(run, w.category)["run_info"], "weights": weights_status(run.weights)}
 
 
 def outputs_of(runs, template):
@@ -115,7 +115,8 @@ def get_table_inputs(w):
 def get_figure_inputs(w):
     """Per kind, exactly what the figure draws: metrics (sweep; tradeoff adds fps) or predictions."""
     figure, runs = PLAN.figures[f"{w.paper}/{w.figure}"], PLAN.figure_runs(f"{w.paper}/{w.figure}")
-    inputs = {"metrics": [], "fps": [], "predictions": [], "report": report_of(runs[0].dataset)}
+    inputs = {"metrics": [], "fps": [], "predictions": [], "report": report_of(runs[0].dataset),
+              "weights": weights_status(sorted({k for r in runs for k in r.weights}))}
     if figure["kind"] in ("sweep", "tradeoff"):
         inputs["metrics"] = outputs_of(runs, paths.METRICS)
     if figure["kind"] == "tradeoff":
@@ -129,8 +130,6 @@ def get_figure_inputs(w):
 
 def all_outputs():
     figures = [at(paths.RUN_FIGURE, r, name=n) for r in PLAN.runs.values() for n in paths.RUN_FIGURE_NAMES]
-    tables = [paths.PAPER_TABLE.format(paper=t.split("/")[0], table=t.split("/")[1], ext=e)
-              for t in PLAN.tables for e in paths.PAPER_TABLE_EXTENSIONS]
-    paper_figures = [paths.PAPER_FIGURE.format(paper=f.split("/")[0], figure=f.split("/")[1], ext=e)
-                     for f in PLAN.figures for e in paths.PAPER_FIGURE_EXTENSIONS]
-    return [paths.METRIC_TABLE, paths.METRIC_MARKDOWN] + figures + tables + paper_figures
+    tables = [f for t in PLAN.tables for f in paths.paper_files(paths.PAPER_TABLE, t, paths.PAPER_TABLE_EXTENSIONS)]
+    paper_figures = [f for i in PLAN.figures for f in paths.paper_files(paths.PAPER_FIGURE, i, paths.PAPER_FIGURE_EXTENSIONS)]
+    return [paths.METRIC_TABLE, paths.METRIC_MARKDOWN, paths.METRIC_HTML, paths.METRIC_CSV] + figures + tables + paper_figures

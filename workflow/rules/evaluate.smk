@@ -23,6 +23,8 @@ rule aggregate:
     output:
         table=paths.METRIC_TABLE,
         markdown=paths.METRIC_MARKDOWN,
+        html=report(paths.METRIC_HTML, caption="../report/metric_table.rst", category="Metric table"),
+        csv=paths.METRIC_CSV,
     log:
         paths.log("aggregate", "aggregate"),
     benchmark:

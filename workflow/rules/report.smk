@@ -4,6 +4,7 @@ rule figures:
         predictions=lambda w: outputs_of([run_of(w)], paths.PREDICTIONS),
         table=paths.METRIC_TABLE,
         report=lambda w: report_of(w.dataset),
+        weights=lambda w: weights_status(run_of(w).weights),
     output:
         qualitative=report(
             paths.RUN_FIGURE.replace("{name}", "qualitative"),

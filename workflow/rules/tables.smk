@@ -26,13 +26,15 @@ rule paper_table:
         unpack(get_table_inputs),
     output:
         parquet=paths.PAPER_TABLE.replace("{ext}", "parquet"),
-        markdown=report(
-            paths.PAPER_TABLE.replace("{ext}", "md"),
+        markdown=paths.PAPER_TABLE.replace("{ext}", "md"),
+        latex=paths.PAPER_TABLE.replace("{ext}", "tex"),
+        csv=paths.PAPER_TABLE.replace("{ext}", "csv"),
+        html=report(
+            paths.PAPER_TABLE.replace("{ext}", "html"),
             caption="../report/paper_table.rst",
             category="Paper tables",
             subcategory="{paper}",
         ),
-        latex=paths.PAPER_TABLE.replace("{ext}", "tex"),
     params:
         table=lambda w: PLAN.tables[f"{w.paper}/{w.table}"],
     log:

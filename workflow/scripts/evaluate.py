@@ -11,4 +11,5 @@ evaluate(
     run_info=snakemake.input.run_info,
     run={"dataset": w.dataset, "method": w.method, "variant": w.variant, "setting": snakemake.params.setting},
     env=JobEnvironment.from_config(snakemake.config),
+    weights_status=list(snakemake.input.weights),
 )

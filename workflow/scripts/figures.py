@@ -11,4 +11,5 @@ figures(
     metrics_chart_path=snakemake.output.metrics,
     run={"dataset": w.dataset, "method": w.method, "variant": w.variant},
     env=JobEnvironment.from_config(snakemake.config),
+    weights_status=list(snakemake.input.weights),
 )

@@ -10,4 +10,5 @@ fps_benchmark(
     output=snakemake.output[0],
     run={"dataset": w.dataset, "method": w.method, "variant": w.variant, "setting": snakemake.params.setting},
     env=JobEnvironment.from_config(snakemake.config),
+    weights_status=list(snakemake.input.weights),
 )

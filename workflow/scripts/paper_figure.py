@@ -10,4 +10,5 @@ paper_figure(
     prediction_files=list(snakemake.input.predictions),
     report=snakemake.input.report,
     outputs=[snakemake.output.png, snakemake.output.pdf],
+    weights_status=list(snakemake.input.weights),
 )

@@ -13,4 +13,5 @@ train(
     env=JobEnvironment.from_config(snakemake.config),
     pretrained_path=snakemake.input.get("pretrained"),
     seed=snakemake.params.seed,
+    weights_status=list(snakemake.input.weights),
 )
