@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from anodiff.data.mvtec import MVTecDataset
+from anodiff.files import load_torch
 from anodiff.methods.base import FeatureSet
 from anodiff.methods.spec import FeatureSpec
 from anodiff.utils import atomic_torch_save
@@ -119,9 +120,7 @@ def load_feature_sets(paths: list[Path]) -> FeatureSet:
         raise ValueError("load_feature_sets needs at least one cache file")
     parts = []
     for path in paths:
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"feature cache {path} is missing: run the cache_features rule")
-        parts.append(torch.load(path, map_location="cpu", weights_only=False))
+        parts.append(load_torch(path, "feature cache"))
     sizes = {p["image_size"] for p in parts}
     if len(sizes) != 1:
         raise ValueError(f"feature caches {paths} were made at different image sizes {sizes}")

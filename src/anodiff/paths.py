@@ -7,6 +7,8 @@ a copied or moved checkout keeps every path, and no job parameter ever holds a p
 
 from __future__ import annotations
 
+import re
+from pathlib import PurePath
 from typing import Any
 
 CONFIG_SCHEMA = "workflow/schemas/config.schema.yaml"  # relative to the repository
@@ -45,6 +47,27 @@ PAPER_FIGURE_EXTENSIONS = ("png", "pdf")
 TRACKING_STAMP = "results/mlflow/experiment.json"
 LOGS = "results/logs"
 BENCHMARKS = "results/benchmarks"
+
+
+# the rule that writes each kind of file (a read error says how to rebuild it); the more
+# specific templates first, since a group name never holds a dot
+PRODUCERS = (
+    (PRETRAINED, "pretrain"), (LINK, "link_model"), (MODEL_RUN_INFO, "train"), (MODEL, "train"),
+    (FEATURE_CACHE, "cache_features"), (PREDICTIONS, "infer"), (METRICS, "evaluate"), (FPS, "fps"),
+    (VALIDATION_REPORT, "prepare_dataset"), (METRIC_TABLE, "aggregate"), (PAPER_TABLE, "paper_table"),
+    (TRACKING_STAMP, "init_tracking"), (WEIGHTS_STATUS, "fetch_weights"),
+)
+
+
+def producer(path: str | PurePath) -> str | None:
+    """The rule whose job writes ``path`` (relative to the working directory), if any."""
+    text = PurePath(path).as_posix()
+    for template, rule in PRODUCERS:
+        pattern = re.sub(r"\\\{(\w+)\\\}", lambda m: "[^/.]+" if m.group(1) in ("group", "ext") else "[^/]+",
+                         re.escape(template))
+        if re.fullmatch(f"(?:.*/)?{pattern}", text):
+            return rule
+    return None
 
 
 def fill(template: str, **values: Any) -> str:

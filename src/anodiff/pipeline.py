@@ -26,6 +26,7 @@ import torch
 
 from anodiff.config import digest, from_dict, restricted_view, to_flat_dict, training_view
 from anodiff.data import mvtec, prepare
+from anodiff.files import load_npz, load_torch, read_json, read_parquet
 from anodiff.methods import get_method
 from anodiff.methods.base import Prediction, TrainCallbacks
 from anodiff.methods.spec import FeatureSpec
@@ -74,7 +75,7 @@ def weights_provenance(status_files: Sequence[str | Path]) -> dict[str, Any]:
     by a seeded random stand-in (``allow_random_weights``, offline demos).
     """
     random = sorted(Path(path).name.removesuffix(".status.json") for path in status_files
-                    if not json.loads(Path(path).read_text()).get("fetched", False))
+                    if not read_json(path, "weights status").get("fetched", False))
     return {"pretrained_weights": not random, "random_weights": ", ".join(random)}
 
 
@@ -109,7 +110,7 @@ def prepare_dataset(*, dataset: str, dataset_config: Mapping[str, Any], report_p
 
 def dataset_root(report_path: str | Path) -> Path:
     """The dataset folder a validation report (the prepare_dataset output) describes."""
-    return Path(json.loads(Path(report_path).read_text())["root"])
+    return Path(read_json(report_path, "validation report")["root"])
 
 
 def fetch_weights(*, weights: Mapping[str, Any], env: JobEnvironment, status_path: str | Path) -> None:
@@ -184,7 +185,7 @@ def train(*, method: str, config: Mapping[str, Any], train_caches: Sequence[str 
     if entry.has_pretrain:
         if pretrained_path is None:
             raise ValueError(f"method {method} has a pretrain stage; train needs its output file")
-        detector.load_pretrained(torch.load(pretrained_path, map_location="cpu", weights_only=True)["state"])
+        detector.load_pretrained(load_torch(pretrained_path, "pretrain result")["state"])
 
     training_hash = entry.training_hash(dict(config))
     tracker = Tracker(env.tracking)
@@ -214,7 +215,7 @@ def train(*, method: str, config: Mapping[str, Any], train_caches: Sequence[str 
 def load_model(model_path: str | Path, training_hash: str) -> dict[str, Any]:
     """A trained model file, checked to hold the weights of ``training_hash`` (the one place
     where what the weights depend on is checked: ``MethodEntry.training_hash``)."""
-    saved = torch.load(model_path, map_location="cpu", weights_only=True)
+    saved = load_torch(model_path, "model")
     if saved["training_hash"] != training_hash:
         raise ValueError(f"{model_path} holds weights trained with another config (training hash "
                          f"{saved['training_hash']}, this run needs {training_hash}); re-run the workflow so "
@@ -254,7 +255,7 @@ def load_detector(*, method: str, config: Mapping[str, Any], training_hash: str,
                   link_path: str | Path | None, env: JobEnvironment):
     """The trained detector a run scores: its weights (checked), and its link's calibration."""
     entry = get_method(method)
-    link = None if link_path is None else json.loads(Path(link_path).read_text())
+    link = None if link_path is None else read_json(link_path, "link")
     if link is not None and (Path(link["model"]) != Path(model_path) or link["training_hash"] != training_hash):
         raise ValueError(f"{link_path} points at {link['model']} ({link['training_hash']}), not at "
                          f"{model_path} ({training_hash}); re-run the workflow")
@@ -317,7 +318,7 @@ def evaluate(*, predictions: str | Path, report: str | Path, category: str, outp
     status files; ``pretrained_weights``, ``random_weights``).
     """
     provenance = weights_provenance(weights_status)
-    saved = np.load(predictions)
+    saved = load_npz(predictions)
     maps = saved["anomaly_map"]
     size = maps.shape[-1]
     root = dataset_root(report)
@@ -327,7 +328,10 @@ def evaluate(*, predictions: str | Path, report: str | Path, category: str, outp
         raise ValueError(f"{predictions} does not match the test set of {root}/{category}: "
                          "the dataset changed since inference; re-run the workflow")
     masks = np.stack([mvtec.read_mask(s.mask_path, size, None) for s in samples])
-    metrics = compute_all(saved["labels"], saved["image_score"], masks, maps)
+    try:
+        metrics = compute_all(saved["labels"], saved["image_score"], masks, maps)
+    except (ValueError, FloatingPointError) as error:
+        raise type(error)(f"{predictions}: {error}") from error
     seconds = float(saved["seconds_per_image"])
     tracker = Tracker(env.tracking)
     run_id = tracker.start_run(f"{run['dataset']}/{run['method']}/{run['variant']}/{category} · evaluate",
@@ -357,7 +361,7 @@ def aggregate(*, metric_files: Sequence[str | Path], table_path: str | Path, mar
     """
     from anodiff import tables
 
-    table = tables.with_means(pd.concat([pd.read_parquet(p) for p in metric_files], ignore_index=True))
+    table = tables.with_means(pd.concat([read_parquet(p, "metrics") for p in metric_files], ignore_index=True))
     with atomic_path(table_path) as tmp:
         table.to_parquet(tmp, index=False)
     tables.write_metric_table(table, Path(markdown_path), html_path=html_path and Path(html_path),
@@ -375,7 +379,7 @@ def figures(*, prediction_files: Sequence[str | Path], report: str | Path, table
     title, subtitle = f"{run['method']} ({run['variant']} variant) on {run['dataset']}", weights_subtitle(weights_status)
     plots.qualitative_grid([Path(p) for p in prediction_files], dataset_root(report), Path(qualitative_path),
                            title=title, subtitle=subtitle)
-    table = pd.read_parquet(table_path)
+    table = read_parquet(table_path, "metric table")
     selected = table[(table.dataset == run["dataset"]) & (table.method == run["method"])
                      & (table.variant == run["variant"])]
     name = f"{run['dataset']}/{run['method']}/{run['variant']}"
@@ -423,8 +427,8 @@ def paper_table(*, table_id: str, table: Mapping[str, Any], metric_files: Sequen
     from anodiff.reported import load_table
 
     paper, name = table_id.split("/")
-    metrics = pd.concat([pd.read_parquet(p) for p in metric_files], ignore_index=True) if metric_files else None
-    fps = pd.concat([pd.read_parquet(p) for p in fps_files], ignore_index=True) if fps_files else None
+    metrics = pd.concat([read_parquet(p, "metrics") for p in metric_files], ignore_index=True) if metric_files else None
+    fps = pd.concat([read_parquet(p, "speed") for p in fps_files], ignore_index=True) if fps_files else None
     ours = tables.our_numbers(metrics, fps) if metrics is not None else pd.DataFrame(
         columns=["dataset", "method", "variant", "category", "metric", "value", "device"])
     built = tables.build_table(load_table(paper, name), [tables.RowSource.from_config(s) for s in table["rows"]],
@@ -451,7 +455,7 @@ def paper_figure(*, figure_id: str, figure: Mapping[str, Any], metric_files: Seq
     kind, title, paths = figure["kind"], figure["caption"], [Path(p) for p in outputs]
     runs = figure["runs"]
     if kind in ("sweep", "tradeoff"):
-        metrics = pd.concat([pd.read_parquet(p) for p in metric_files], ignore_index=True)
+        metrics = pd.concat([read_parquet(p, "metrics") for p in metric_files], ignore_index=True)
         keys = ["dataset", "method", "variant"]
         means = metrics.groupby(keys, as_index=False)[list(METRIC_NAMES)].mean()
         points = pd.DataFrame([{**{k: run[k] for k in keys}, "x": run.get("x"),
@@ -460,12 +464,12 @@ def paper_figure(*, figure_id: str, figure: Mapping[str, Any], metric_files: Seq
         if kind == "sweep":
             plots.sweep(points, figure["metrics"], figure["x_label"], title, *paths, subtitle=subtitle)
         else:
-            speed = pd.concat([pd.read_parquet(p) for p in fps_files], ignore_index=True)
+            speed = pd.concat([read_parquet(p, "speed") for p in fps_files], ignore_index=True)
             points = points.merge(speed[keys + ["images_per_second"]], on=keys, how="left")
             plots.tradeoff(points.rename(columns={"images_per_second": "fps"}), figure["metrics"][0], title, *paths,
                            subtitle=subtitle)
     elif kind == "histogram":
-        saved = [np.load(p) for p in prediction_files]
+        saved = [load_npz(p) for p in prediction_files]
         labels = np.concatenate([s["labels"] for s in saved])
         scores = {name: np.concatenate([s[f"extra_{name}"] for s in saved]) for name in figure["scores"]}
         plots.score_histograms(labels, scores, title, *paths, subtitle=subtitle)

@@ -26,6 +26,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter  # noqa: E402
 
 from anodiff.data import mvtec  # noqa: E402
+from anodiff.files import load_npz  # noqa: E402
 from anodiff.metrics import METRIC_NAMES  # noqa: E402
 from anodiff.tables import METRIC_LABELS  # noqa: E402
 from anodiff.utils import atomic_path  # noqa: E402
@@ -110,7 +111,7 @@ def qualitative_grid(prediction_files: Sequence[Path], dataset_root: Path, path:
     category (over all of its test maps) with a colour bar; each image labelled with its
     label and score. Beyond ``max_categories`` (a figure stays readable) the first ones are
     drawn and the title says how many."""
-    saved = {Path(file).stem: np.load(file) for file in prediction_files[:max_categories]}
+    saved = {Path(file).stem: load_npz(file) for file in prediction_files[:max_categories]}
     examples = {category: pick_examples(run["labels"], run["image_score"]) for category, run in saved.items()}
     columns = max(map(len, examples.values()))
     fig = plt.figure(figsize=(PANEL * columns + 1.2, 2 * PANEL * len(saved) + 0.8), layout="constrained")
@@ -149,7 +150,7 @@ def qualitative_comparison(predictions: dict[str, Path], dataset_root: Path, cat
     test images of one category: the cases of :func:`pick_examples` on the methods' mean score
     rank, so no method's successes are favoured. Each method's maps share one colour scale (over
     all of its test maps of the category) with a colour bar under its column."""
-    saved = {label: np.load(file) for label, file in predictions.items()}
+    saved = {label: load_npz(file) for label, file in predictions.items()}
     first = next(iter(saved.values()))
     for label, run in saved.items():
         if [str(p) for p in run["image_paths"]] != [str(p) for p in first["image_paths"]]:

@@ -86,12 +86,19 @@ class Tracker:
             return experiment.experiment_id
 
     def start_run(self, name: str, tags: dict[str, str], parent_run_id: str | None = None) -> str:
+        """A new run named ``name``. Runs of the same name still RUNNING were left so by a
+        killed job (this one is its re-run): they are ended as KILLED, pointing at the new run."""
+        stale = with_retry(lambda: self.client.search_runs(
+            [self.experiment_id], f"attributes.run_name = '{_quoted(name)}' and attributes.status = 'RUNNING'"))
         all_tags = dict(tags)
         if parent_run_id:
             all_tags["mlflow.parentRunId"] = parent_run_id
         run = with_retry(
             lambda: self.client.create_run(self.experiment_id, run_name=name, tags=all_tags)
         )
+        for old in stale:
+            self.set_tags(old.info.run_id, {"superseded_by": run.info.run_id})
+            self.end_run(old.info.run_id, "KILLED")
         return run.info.run_id
 
     def log_params(self, run_id: str, params: dict[str, Any]) -> None:
@@ -117,6 +124,11 @@ class Tracker:
         with_retry(lambda: self.client.set_terminated(run_id, status=status))
 
 
+def _quoted(text: str) -> str:
+    """``text`` inside a single-quoted MLflow search string."""
+    return text.replace("\\", "\\\\").replace("'", "\\'")
+
+
 def write_run_info(path: Path, run_id: str, config: TrackingConfig) -> None:
     """Record which MLflow run a job logged to, so later jobs can nest under it."""
     atomic_write_text(
@@ -127,4 +139,7 @@ def write_run_info(path: Path, run_id: str, config: TrackingConfig) -> None:
 
 
 def read_run_id(path: Path) -> str:
-    return json.loads(Path(path).read_text())["run_id"]
+    """The MLflow run a job logged to (its ``*.run.json`` or link file)."""
+    from anodiff.files import read_json
+
+    return read_json(path, "run info")["run_id"]

@@ -1,0 +1,71 @@
+"""Reading the workflow's own files: one loader per format, safe, with errors that say how to
+rebuild the file.
+
+Every internal file (feature caches, models, pretrain results, links, predictions, metrics) is
+read here. Torch files load with ``weights_only=True`` (tensors and plain types only: a
+``results/`` folder copied from a shared filesystem cannot run code), ``.npz`` files without
+pickle. A truncated or otherwise unreadable file raises :class:`UnreadableFile`, naming the
+file, the rule that writes it and the command that rebuilds it: Snakemake does not rebuild
+an intermediate file by itself when its downstream outputs already exist.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+from anodiff.paths import producer
+
+T = TypeVar("T")
+
+
+class UnreadableFile(RuntimeError):
+    """An internal file cannot be read; the message says which and how to rebuild it."""
+
+
+def rebuild_hint(path: str | Path) -> str:
+    """How to rebuild ``path``: the rule that writes it and the exact command."""
+    rule = producer(path)
+    written = f"it is written by the `{rule}` job" if rule else "it is not a file the workflow writes"
+    return (f"{written}. Rebuild it with `snakemake --cores N --force {path}` (Snakemake does not rebuild "
+            "an intermediate file whose downstream outputs exist), then run the workflow again")
+
+
+def _read(path: str | Path, what: str, reader: Callable[[Path], T]) -> T:
+    path = Path(path)
+    if not path.is_file():
+        raise UnreadableFile(f"{what} {path} is missing; {rebuild_hint(path)}")
+    try:
+        return reader(path)
+    except Exception as error:  # every library's own error type for a damaged file
+        raise UnreadableFile(f"cannot read {what} {path} ({type(error).__name__}: {error}); "
+                             f"{rebuild_hint(path)}") from error
+
+
+def load_torch(path: str | Path, what: str = "file") -> Any:
+    """A ``torch.save`` file of tensors and plain Python types, on the CPU (never unpickles code)."""
+    import torch
+
+    return _read(path, what, lambda p: torch.load(p, map_location="cpu", weights_only=True))
+
+
+def load_npz(path: str | Path, what: str = "predictions") -> dict[str, Any]:
+    """Every array of an ``.npz`` file, read eagerly and without pickle."""
+    import numpy as np
+
+    def read(p: Path) -> dict[str, Any]:
+        with np.load(p, allow_pickle=False) as saved:
+            return {name: saved[name] for name in saved.files}
+
+    return _read(path, what, read)
+
+
+def read_json(path: str | Path, what: str = "file") -> Any:
+    return _read(path, what, lambda p: json.loads(p.read_text()))
+
+
+def read_parquet(path: str | Path, what: str = "table") -> Any:
+    import pandas as pd
+
+    return _read(path, what, pd.read_parquet)

@@ -1,0 +1,133 @@
+"""Fault injection: each fault gives a message naming the file and the fix, and loses nothing done."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from mlflow.tracking import MlflowClient
+
+from anodiff.config import ConfigError
+from anodiff.features import load_feature_sets
+from anodiff.files import UnreadableFile, load_npz, load_torch
+from anodiff.pipeline import JobEnvironment, evaluate, load_model, prepare_dataset
+from anodiff.plan import PlanError, build_plan
+from anodiff.tracking import Tracker, TrackingConfig
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+
+
+def truncated(path: Path) -> Path:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    return path
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    """A working directory laid out like the workflow's (paths relative to it)."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_a_truncated_feature_cache_names_itself_its_rule_and_the_rebuild_command(workdir):
+    cache = Path("results/features/synthetic/spec/weave/train.pt")
+    cache.parent.mkdir(parents=True)
+    torch.save({"features": torch.zeros(2, 3, 4, 4), "labels": torch.zeros(2, dtype=torch.long),
+                "image_paths": ["a", "b"], "categories": ["weave"] * 2, "defect_types": ["good"] * 2,
+                "image_size": 16, "pretrained_loaded": False}, cache)
+    assert len(load_feature_sets([cache])) == 2
+    truncated(cache)
+    with pytest.raises(UnreadableFile) as error:
+        load_feature_sets([cache])
+    message = str(error.value)
+    assert str(cache) in message and "`cache_features` job" in message
+    assert f"snakemake --cores N --force {cache}" in message
+
+
+def test_a_truncated_or_missing_model_says_which_job_rebuilds_it(workdir):
+    model = Path("results/synthetic/patchcore/demo/models/weave.pt")
+    model.parent.mkdir(parents=True)
+    torch.save({"method": "patchcore", "training_hash": "h", "state": {}, "run_id": "r"}, model)
+    truncated(model)
+    with pytest.raises(UnreadableFile, match=r"models/weave.pt.*`train` job.*--force"):
+        load_model(model, "h")
+    model.unlink()
+    with pytest.raises(UnreadableFile, match=r"model results/.*weave.pt is missing; it is written by the `train` job"):
+        load_model(model, "h")
+
+
+class Payload:
+    """Anything that is not tensors and plain types: unpickling it could run code."""
+
+
+def test_internal_files_never_unpickle_code(workdir):
+    path = Path("results/synthetic/patchcore/demo/models/weave.pt")
+    path.parent.mkdir(parents=True)
+    torch.save({"state": Payload()}, path)
+    with pytest.raises(UnreadableFile, match="weights_only|Unsupported|global"):
+        load_torch(path)
+    predictions = Path("p.npz")
+    np.savez(predictions, objects=np.array([{"a": 1}], dtype=object))
+    with pytest.raises(UnreadableFile, match="pickle"):
+        load_npz(predictions)
+
+
+def test_nan_scores_in_a_predictions_file_name_the_file(workdir):
+    config = {"source": "synthetic", "root": "data", "categories": ["weave"],
+              "synthetic": {"image_size": 32, "n_train": 2, "n_test_good": 2, "n_test_per_defect": 1, "seed": 0}}
+    report = Path("results/datasets/synthetic/validation.json")
+    prepare_dataset(dataset="synthetic", dataset_config=config, report_path=report)
+    from anodiff.data import mvtec
+
+    samples = mvtec.list_samples(Path("data"), "weave", "test")
+    scores = np.linspace(0, 1, len(samples))
+    scores[1] = np.nan
+    predictions = Path("results/synthetic/m/v/predictions/weave.npz")
+    predictions.parent.mkdir(parents=True)
+    np.savez(predictions, image_score=scores, anomaly_map=np.zeros((len(samples), 32, 32), np.float32),
+             labels=np.array([s.label for s in samples]), image_paths=np.array([str(s.image_path) for s in samples]),
+             defect_types=np.array([s.defect_type for s in samples]), seconds_per_image=np.array(0.1))
+    env = JobEnvironment.from_config({"device": "cpu", "weights_dir": "w", "experiment": "e",
+                                      "mlflow": {"tracking_uri": "sqlite:///results/mlflow.db",
+                                                 "artifact_location": "results/mlartifacts"}})
+    output = Path("results/synthetic/m/v/metrics/weave.parquet")
+    with pytest.raises((ValueError, FloatingPointError)) as error:
+        evaluate(predictions=predictions, report=report, category="weave", output=output,
+                 run_info="unused.json", run={"dataset": "synthetic", "method": "m", "variant": "v"}, env=env)
+    assert str(predictions) in str(error.value) and not output.exists()
+
+
+def test_an_mlflow_run_left_running_by_a_killed_job_ends_as_killed_when_the_job_runs_again(tmp_path):
+    tracker = Tracker(TrackingConfig(f"sqlite:///{tmp_path}/mlflow.db", "faults", str(tmp_path / "artifacts")))
+    killed = tracker.start_run("synthetic/inversion/demo/weave · train", {"stage": "train"})  # never ended
+    rerun = tracker.start_run("synthetic/inversion/demo/weave · train", {"stage": "train"})
+    other = tracker.start_run("synthetic/inversion/demo/grain · train", {"stage": "train"})
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    assert client.get_run(killed).info.status == "KILLED"
+    assert client.get_run(killed).data.tags["superseded_by"] == rerun
+    assert client.get_run(rerun).info.status == "RUNNING" and client.get_run(other).info.status == "RUNNING"
+
+
+def test_a_typo_in_overrides_blames_the_users_key_path_not_the_method_defaults():
+    config = json.loads(json.dumps(DEMO))
+    config["methods"]["patchcore"]["demo"]["overrides"]["image_sze"] = 3
+    with pytest.raises(ConfigError) as error:
+        build_plan(config, REPO)
+    message = str(error.value)
+    assert message.startswith("methods.patchcore.demo.overrides: unknown key 'image_sze'")
+    assert "config/methods/patchcore.yaml" not in message
+
+
+def test_a_top_level_typo_is_one_line_not_the_schema():
+    with pytest.raises(PlanError) as error:
+        build_plan({**DEMO, "datasetz": {}}, REPO)
+    assert str(error.value) == ("the config: unknown key 'datasetz' (did you mean datasets?); valid keys: "
+                                + ", ".join(yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml")
+                                                           .read_text())["properties"]))
+
+
+def test_a_config_that_only_prepares_data_is_valid():
+    assert build_plan({**DEMO, "methods": {}, "tables": {}, "figures": {}}, REPO).runs == {}
