@@ -131,3 +131,22 @@ def test_a_top_level_typo_is_one_line_not_the_schema():
 
 def test_a_config_that_only_prepares_data_is_valid():
     assert build_plan({**DEMO, "methods": {}, "tables": {}, "figures": {}}, REPO).runs == {}
+
+
+def test_a_replaced_image_of_a_prepared_dataset_fails_the_next_run_naming_the_category(workdir):
+    from anodiff.data.mvtec import DatasetError, list_samples
+    from anodiff.data.prepare import check_unchanged
+
+    config = {"source": "synthetic", "root": "data", "categories": ["weave", "washer"],
+              "synthetic": {"image_size": 32, "n_train": 2, "n_test_good": 1, "n_test_per_defect": 1, "seed": 0}}
+    report = Path("results/datasets/synthetic/validation.json")
+    prepare_dataset(dataset="synthetic", dataset_config=config, report_path=report)
+    check_unchanged("synthetic", report)  # nothing changed: silent
+    image = list_samples(Path("data"), "washer", "train")[0].image_path
+    image.write_bytes(list_samples(Path("data"), "weave", "train")[0].image_path.read_bytes())  # replaced
+    with pytest.raises(DatasetError) as error:
+        check_unchanged("synthetic", report)
+    message = str(error.value)
+    assert "changed since it was prepared" in message and "washer" in message and "weave" not in message
+    assert f"snakemake --cores N --force {report}" in message
+    assert report.is_file()  # nothing already done is lost

@@ -43,6 +43,14 @@ def report_of(dataset):
     return paths.fill(paths.VALIDATION_REPORT, dataset=dataset)
 
 
+PREPARED = [d for d in PLAN.datasets if Path(report_of(d)).is_file()]
+if PREPARED and workflow.is_main_process:  # changed data fails here, not as stale results
+    from anodiff.data.prepare import check_unchanged
+
+    for dataset in PREPARED:
+        check_unchanged(dataset, report_of(dataset))
+
+
 def caches(run, categories, split):
     return [paths.fill(paths.FEATURE_CACHE, dataset=run.dataset, spec_key=run.feature_key, category=c, split=split)
             for c in categories]

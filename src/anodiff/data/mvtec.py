@@ -23,6 +23,8 @@ naming the file or directory to fix.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from collections import Counter
 from dataclasses import dataclass
@@ -32,9 +34,7 @@ from typing import Any, Literal, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-import torch
 from PIL import Image
-from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from anodiff.utils import atomic_path
@@ -218,6 +218,19 @@ def list_samples(root: Path, category: str, split: Split) -> list[Sample]:
     return samples
 
 
+def manifest(root: Path, category: str) -> str:
+    """Digest of every file the loader reads for ``category`` (image and mask paths relative
+    to ``root``, sizes, modification times): a replaced, added or removed file changes it."""
+    entries = []
+    for split in SPLITS:
+        for sample in list_samples(root, category, split):
+            for path in (sample.image_path, sample.mask_path):
+                if path is not None:
+                    stat = os.stat(path)
+                    entries.append((os.path.relpath(path, root), stat.st_size, stat.st_mtime_ns))
+    return hashlib.sha1(json.dumps(sorted(entries)).encode()).hexdigest()[:16]
+
+
 # ----------------------------------------------------------------------------- reading
 def _open(path: Path, kind: str) -> Image.Image:
     """Fully decode an image file; truncated or corrupt files raise :class:`DatasetError`."""
@@ -316,8 +329,9 @@ def validate_category(root: Path, category: str) -> dict[str, dict[str, int]]:
 
 
 # ----------------------------------------------------------------------------- torch
-class MVTecDataset(Dataset):
-    """One split of one or more categories (several: unified multi-class training).
+class MVTecDataset:
+    """One split of one or more categories (several: unified multi-class training), a
+    map-style dataset for ``torch.utils.data.DataLoader``.
 
     Items are dicts: ``image`` float32 (3, S, S) in [0, 1], ``mask`` bool (S, S), ``label``,
     ``path``, ``defect_type`` and ``category``.
@@ -336,6 +350,8 @@ class MVTecDataset(Dataset):
         return len(self.samples)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        import torch  # the rest of this module (listing, validation) needs no torch
+
         sample = self.samples[index]
         image, mask = load_sample(sample, self.image_size)
         return {

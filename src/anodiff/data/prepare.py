@@ -262,8 +262,9 @@ def validation_report(dataset: str, config: Mapping[str, Any], problems: Sequenc
         problems += mismatches
         notes += [f"category '{c}' is not in the registry's list {registry.CATALOG / 'categories' / source}.txt"
                   for c in categories if name_key(c) not in known]
+    manifests = {} if problems else {category: mvtec.manifest(root, category) for category in categories}
     return {"dataset": dataset, "source": source, "root": str(root), "categories": found,
-            "problems": problems, "notes": notes}
+            "manifest": manifests, "problems": problems, "notes": notes}
 
 
 def write_report(report: Mapping[str, Any], report_path: str | Path) -> None:
@@ -280,6 +281,29 @@ def write_report(report: Mapping[str, Any], report_path: str | Path) -> None:
                            f"all listed in {failed}:\n{listing}{more}")
     failed.unlink(missing_ok=True)
     atomic_write_text(text, path)
+
+
+def check_unchanged(dataset: str, report_path: str | Path) -> None:
+    """Raise if a prepared dataset's files changed since its report was written (a replaced,
+    added or removed image or mask): results computed from the old files would be stale.
+    Nothing to check before the dataset is prepared."""
+    path = Path(report_path)
+    if not path.is_file():
+        return
+    report = json.loads(path.read_text())
+    root, changed = Path(report["root"]), []
+    for category, digest in report.get("manifest", {}).items():
+        try:
+            current = mvtec.manifest(root, category)
+        except (DatasetError, OSError):
+            current = None
+        if current != digest:
+            changed.append(category)
+    if changed:
+        raise DatasetError(
+            f"dataset '{dataset}' changed since it was prepared ({path}): files of {', '.join(changed)} were "
+            f"replaced, added or removed under {root}. Re-validate it and re-run what depends on it: "
+            f"snakemake --cores N --force {path} && snakemake --cores N")
 
 
 def prepare_and_validate(dataset: str, config: Mapping[str, Any], report_path: str | Path) -> dict[str, Any]:
