@@ -273,6 +273,14 @@ def test_mlflow_store_holds_the_runs_with_metrics(workflow_run):
     for run in by_stage["evaluate"]:
         assert run.data.tags["mlflow.parentRunId"] in train_ids
         assert set(METRIC_NAMES) <= set(run.data.metrics)
+        # what a person needs beside the numbers: config, provenance, the test set read
+        assert "training.epochs" in run.data.params and run.data.tags["pretrained_weights"] == "false"
+        assert [d.dataset.name for d in run.inputs.dataset_inputs] == [
+            f"synthetic/{run.data.tags['category']}/test"]
+        assert run.info.run_name.endswith(f"/{run.data.tags['category']} · evaluate")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    stages = {r.data.tags["stage"] for r in runs}
+    assert {"pretrain", "fps", "summary"} <= stages  # DiAD's autoencoder fine-tune and the speed jobs too
     unified = [r for r in by_stage["train"] if r.data.tags["group"] == "unified"][0]
     assert len(client.get_metric_history(unified.info.run_id, "train_loss")) == 5
     assert unified.data.params["training.epochs"] == "5"

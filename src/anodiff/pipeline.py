@@ -23,6 +23,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 import torch
+import yaml
 
 from anodiff.config import digest, from_dict, restricted_view, to_flat_dict, training_view
 from anodiff.data import mvtec, prepare
@@ -141,11 +142,12 @@ def cache_features(*, spec: Mapping[str, Any], report: str | Path, category: str
 
 # ----------------------------------------------------------------------------- 2. training
 def pretrain(*, method: str, config: Mapping[str, Any], train_caches: Sequence[str | Path], output: str | Path,
-             env: JobEnvironment, seed: int = 0) -> None:
+             run: Mapping[str, str], env: JobEnvironment, seed: int = 0) -> None:
     """Run a method's pretrain stage (e.g. DiAD's autoencoder fine-tuning) as its own job.
 
     ``config``: the pretrain slice of the run's config (``MethodEntry.pretrain_keys``); the
-    stage sees only those keys. Resumable like ``train``: its checkpoint lives next to ``output``.
+    stage sees only those keys. ``run``: dataset, variant and group, for MLflow (stage
+    ``pretrain``). Resumable like ``train``: its checkpoint lives next to ``output``.
     """
     from anodiff.features import load_feature_sets
 
@@ -156,9 +158,19 @@ def pretrain(*, method: str, config: Mapping[str, Any], train_caches: Sequence[s
     view = restricted_view(entry.config_class, config, entry.pretrain_keys)
     train_set = load_feature_sets([Path(p) for p in train_caches])
     checkpoint = Path(str(output) + ".ckpt")
-    state = entry.pretrain(view, train_set, resolve_device(env.device), env.weights_dir,
-                           TrainCallbacks(checkpoint_path=str(checkpoint)))
+    tracker = Tracker(env.tracking)
+    run_id = tracker.start_run(f"{run['dataset']}/{method}/{run['variant']}/{run['group']} · pretrain",
+                               {**run, "method": method, "stage": "pretrain", "pretrain_hash": digest(dict(config))})
+    tracker.log_params(run_id, {**to_flat_dict(config), "method": method, "seed": seed})
+    callbacks = TrainCallbacks(log_metrics=lambda metrics, step: tracker.log_metrics(run_id, metrics, step),
+                               checkpoint_path=str(checkpoint))
+    try:
+        state = entry.pretrain(view, train_set, resolve_device(env.device), env.weights_dir, callbacks)
+    except BaseException:
+        tracker.end_run(run_id, "FAILED")
+        raise
     atomic_torch_save({"method": method, "pretrain_hash": digest(dict(config)), "state": state}, output)
+    tracker.end_run(run_id)
     checkpoint.unlink(missing_ok=True)
 
 
@@ -195,6 +207,7 @@ def train(*, method: str, config: Mapping[str, Any], train_caches: Sequence[str 
     tracker.log_params(run_id, {**to_flat_dict(config), "method": method, "seed": seed, "git_commit": git_commit(),
                                 "n_train_images": len(train_set), "device": str(torch_device),
                                 "categories": sorted(set(train_set.categories))})
+    tracker.log_text(run_id, yaml.safe_dump(dict(config), sort_keys=False), "training_config.yaml")
     checkpoint = Path(str(model_path) + ".ckpt")
     callbacks = TrainCallbacks(log_metrics=lambda metrics, step: tracker.log_metrics(run_id, metrics, step),
                                checkpoint_path=str(checkpoint))
@@ -309,14 +322,16 @@ def _check_finite(values: np.ndarray, what: str) -> None:
 # ----------------------------------------------------------------------------- 4. metrics
 def evaluate(*, predictions: str | Path, report: str | Path, category: str, output: str | Path,
              run_info: str | Path, run: Mapping[str, str], env: JobEnvironment,
-             weights_status: Sequence[str | Path] = ()) -> None:
+             weights_status: Sequence[str | Path] = (), config: Mapping[str, Any] | None = None) -> None:
     """Compute every metric of one category; write a one-row parquet; log a nested run.
 
     ``run``: dataset, method, variant and setting (the row's keys and MLflow tags); the row
     also names its MLflow run (``mlflow_run_id``), which the paper-table jobs tag, and says
     whether the run's pretrained networks were real (``weights_status``: their fetch_weights
-    status files; ``pretrained_weights``, ``random_weights``).
+    status files; ``pretrained_weights``, ``random_weights``). ``config``: the run's resolved
+    config, logged with the run (params and a YAML artifact) beside the test set it read.
     """
+    config = config or {}
     provenance = weights_provenance(weights_status)
     saved = load_npz(predictions)
     maps = saved["anomaly_map"]
@@ -342,6 +357,11 @@ def evaluate(*, predictions: str | Path, report: str | Path, category: str, outp
            "fps": 1.0 / seconds if seconds > 0 else float("nan"), "device": _device_name(), "mlflow_run_id": run_id}
     with atomic_path(output) as tmp:
         pd.DataFrame([row]).to_parquet(tmp, index=False)
+    tracker.log_params(run_id, {**to_flat_dict(config), "n_test_images": len(samples),
+                                "n_anomalous": row["n_anomalous"]})
+    tracker.log_text(run_id, yaml.safe_dump(dict(config), sort_keys=False), "config.yaml")
+    tracker.log_dataset(run_id, f"{run['dataset']}/{category}/test", read_json(report, "validation report")
+                        .get("manifest", {}).get(category, ""), str(root / category), context="test")
     tracker.log_metrics(run_id, {**metrics, "fps": row["fps"]})
     tracker.log_artifact(run_id, Path(output))
     tracker.end_run(run_id)
@@ -410,8 +430,16 @@ def fps_benchmark(*, method: str, config: Mapping[str, Any], settings: Mapping[s
     result = measure_throughput(method, resolved_config(method, config), resolve_device(env.device),
                                 env.weights_dir, batch_size=settings["batch_size"], repeats=settings["repeats"],
                                 fit_images=settings["fit_images"])
+    provenance = weights_provenance(weights_status)
     with atomic_path(output) as tmp:
-        pd.DataFrame([{**run, **asdict(result), **weights_provenance(weights_status)}]).to_parquet(tmp, index=False)
+        pd.DataFrame([{**run, **asdict(result), **provenance}]).to_parquet(tmp, index=False)
+    tracker = Tracker(env.tracking)
+    run_id = tracker.start_run(f"{run['dataset']}/{method}/{run['variant']} · fps",
+                               {**run, **_tags(provenance), "stage": "fps", "device": result.device})
+    tracker.log_params(run_id, {**settings, "nfe": result.nfe, "image_size": result.image_size})
+    tracker.log_metrics(run_id, {"images_per_second": result.images_per_second,
+                                 "seconds_per_image": result.seconds_per_image})
+    tracker.end_run(run_id)
 
 
 def paper_table(*, table_id: str, table: Mapping[str, Any], metric_files: Sequence[str | Path],

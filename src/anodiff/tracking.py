@@ -29,6 +29,7 @@ from anodiff.utils import atomic_write_text
 
 T = TypeVar("T")
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value
+EXPERIMENT_KIND = "mlflow.experimentKind"  # the UI's view of an experiment (MLflow 3)
 
 
 @dataclass(frozen=True)
@@ -76,9 +77,9 @@ class Tracker:
         if experiment is not None:
             return experiment.experiment_id
         try:
-            return self.client.create_experiment(
-                config.experiment, artifact_location=config.artifact_location
-            )
+            # the UI opens it in its model-training view, not the GenAI one
+            return self.client.create_experiment(config.experiment, artifact_location=config.artifact_location,
+                                                 tags={EXPERIMENT_KIND: "custom_model_development"})
         except Exception:  # another job created it between our two calls
             experiment = self.client.get_experiment_by_name(config.experiment)
             if experiment is None:
@@ -119,6 +120,17 @@ class Tracker:
 
     def log_artifact(self, run_id: str, path: Path) -> None:
         with_retry(lambda: self.client.log_artifact(run_id, str(path)))
+
+    def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
+        with_retry(lambda: self.client.log_text(run_id, text, artifact_file))
+
+    def log_dataset(self, run_id: str, name: str, digest: str, source: str, context: str) -> None:
+        """An input dataset of the run (the UI's Dataset column): name, content digest, location."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        dataset = Dataset(name=name, digest=digest, source_type="local", source=source)
+        inputs = [DatasetInput(dataset, tags=[InputTag("mlflow.data.context", context)])]
+        with_retry(lambda: self.client.log_inputs(run_id, datasets=inputs))
 
     def end_run(self, run_id: str, status: str = "FINISHED") -> None:
         with_retry(lambda: self.client.set_terminated(run_id, status=status))

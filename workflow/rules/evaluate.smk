@@ -6,6 +6,7 @@ rule evaluate:
         paths.METRICS,
     params:
         setting=param("setting"),
+        config=param("config"),  # logged with the MLflow run; any change re-runs infer anyway
     log:
         paths.log("evaluate", "{dataset}/{method}/{variant}/{category}"),
     benchmark:

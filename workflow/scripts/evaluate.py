@@ -12,4 +12,5 @@ evaluate(
     run={"dataset": w.dataset, "method": w.method, "variant": w.variant, "setting": snakemake.params.setting},
     env=JobEnvironment.from_config(snakemake.config),
     weights_status=list(snakemake.input.weights),
+    config=snakemake.params.config,
 )

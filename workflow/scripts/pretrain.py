@@ -7,6 +7,8 @@ pretrain(
     config=snakemake.params.config,
     train_caches=list(snakemake.input.caches),
     output=snakemake.output[0],
+    run={"dataset": snakemake.wildcards.dataset, "variant": snakemake.wildcards.variant,
+         "group": snakemake.wildcards.group},
     env=JobEnvironment.from_config(snakemake.config),
     seed=snakemake.params.seed,
 )
