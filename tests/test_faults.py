@@ -96,7 +96,8 @@ def test_nan_scores_in_a_predictions_file_name_the_file(workdir):
     output = Path("results/synthetic/m/v/metrics/weave.parquet")
     with pytest.raises((ValueError, FloatingPointError)) as error:
         evaluate(predictions=predictions, report=report, category="weave", output=output,
-                 run_info="unused.json", run={"dataset": "synthetic", "method": "m", "variant": "v"}, env=env)
+                 run_info="unused.json", run={"dataset": "synthetic", "method": "m", "variant": "v"}, env=env,
+                 evaluation={"resolution": 32, "mask_area_threshold": 0.5, "aupro_fpr_limit": 0.3})
     assert str(predictions) in str(error.value) and not output.exists()
 
 

@@ -68,6 +68,7 @@ TINY_CONFIG = {
     "device": "cpu",
     "weights_dir": "resources/weights",
     "mlflow": {"tracking_uri": "sqlite:///results/mlflow.db", "artifact_location": "results/mlartifacts"},
+    "evaluation": {"resolution": 64, "mask_area_threshold": 0.5, "aupro_fpr_limit": 0.3},
     "datasets": {
         "synthetic": {
             "source": "synthetic",

@@ -31,7 +31,8 @@ from anodiff.files import load_npz, load_torch, read_json, read_parquet
 from anodiff.methods import get_method
 from anodiff.methods.base import Prediction, TrainCallbacks
 from anodiff.methods.spec import FeatureSpec
-from anodiff.metrics import METRIC_NAMES, compute_all
+from anodiff.evaluation import EvaluationProtocol, evaluate_predictions
+from anodiff.metrics import METRIC_NAMES
 from anodiff.progress import line_based
 from anodiff.tracking import Tracker, TrackingConfig, git_commit, read_run_id, write_run_info
 from anodiff.utils import atomic_path, atomic_torch_save, atomic_write_text, resolve_device, seed_everything
@@ -321,9 +322,10 @@ def _check_finite(values: np.ndarray, what: str) -> None:
 
 # ----------------------------------------------------------------------------- 4. metrics
 def evaluate(*, predictions: str | Path, report: str | Path, category: str, output: str | Path,
-             run_info: str | Path, run: Mapping[str, str], env: JobEnvironment,
+             run_info: str | Path, run: Mapping[str, str], env: JobEnvironment, evaluation: Mapping[str, Any],
              weights_status: Sequence[str | Path] = (), config: Mapping[str, Any] | None = None) -> None:
-    """Compute every metric of one category; write a one-row parquet; log a nested run.
+    """Compute every metric of one category under the evaluation protocol (``evaluation``: the
+    config section, :mod:`anodiff.evaluation`); write a one-row parquet; log a nested run.
 
     ``run``: dataset, method, variant and setting (the row's keys and MLflow tags); the row
     also names its MLflow run (``mlflow_run_id``), which the paper-table jobs tag, and says
@@ -334,17 +336,15 @@ def evaluate(*, predictions: str | Path, report: str | Path, category: str, outp
     config = config or {}
     provenance = weights_provenance(weights_status)
     saved = load_npz(predictions)
-    maps = saved["anomaly_map"]
-    size = maps.shape[-1]
     root = dataset_root(report)
     samples = mvtec.list_samples(root, category, "test")
     paths = [str(s.image_path) for s in samples]
     if paths != [str(p) for p in saved["image_paths"]]:
         raise ValueError(f"{predictions} does not match the test set of {root}/{category}: "
                          "the dataset changed since inference; re-run the workflow")
-    masks = np.stack([mvtec.read_mask(s.mask_path, size, None) for s in samples])
+    protocol = EvaluationProtocol.from_config(evaluation)
     try:
-        metrics = compute_all(saved["labels"], saved["image_score"], masks, maps)
+        metrics = evaluate_predictions(saved["labels"], saved["image_score"], saved["anomaly_map"], samples, protocol)
     except (ValueError, FloatingPointError) as error:
         raise type(error)(f"{predictions}: {error}") from error
     seconds = float(saved["seconds_per_image"])
@@ -354,11 +354,13 @@ def evaluate(*, predictions: str | Path, report: str | Path, category: str, outp
                                read_run_id(Path(run_info)))
     row = {**run, **provenance, "category": category, "n_test_images": len(samples),
            "n_anomalous": int(saved["labels"].sum()), **metrics,
-           "fps": 1.0 / seconds if seconds > 0 else float("nan"), "device": _device_name(), "mlflow_run_id": run_id}
+           "fps": 1.0 / seconds if seconds > 0 else float("nan"), "device": _device_name(),
+           "map_size": int(saved["anomaly_map"].shape[-1]), "eval_resolution": protocol.resolution,
+           "evaluation": protocol.describe(), "mlflow_run_id": run_id}
     with atomic_path(output) as tmp:
         pd.DataFrame([row]).to_parquet(tmp, index=False)
-    tracker.log_params(run_id, {**to_flat_dict(config), "n_test_images": len(samples),
-                                "n_anomalous": row["n_anomalous"]})
+    tracker.log_params(run_id, {**to_flat_dict(config), **protocol.as_params(), "n_test_images": len(samples),
+                                "n_anomalous": row["n_anomalous"], "map_size": row["map_size"]})
     tracker.log_text(run_id, yaml.safe_dump(dict(config), sort_keys=False), "config.yaml")
     tracker.log_dataset(run_id, f"{run['dataset']}/{category}/test", read_json(report, "validation report")
                         .get("manifest", {}).get(category, ""), str(root / category), context="test")
@@ -461,9 +463,10 @@ def paper_table(*, table_id: str, table: Mapping[str, Any], metric_files: Sequen
         columns=["dataset", "method", "variant", "category", "metric", "value", "device"])
     built = tables.build_table(load_table(paper, name), [tables.RowSource.from_config(s) for s in table["rows"]],
                                ours, table.get("reference_device", ""))
+    ours_protocol = sorted(set(metrics["evaluation"].dropna())) if metrics is not None and "evaluation" in metrics else []
+    protocol = " ".join([table["protocol"], *(f"Our evaluation: {text}." for text in ours_protocol)])
     tables.write_table(built, Path(outputs["parquet"]), Path(outputs["markdown"]), Path(outputs["latex"]),
-                       table["caption"], table["protocol"], csv_path=Path(outputs["csv"]),
-                       html_path=Path(outputs["html"]))
+                       table["caption"], protocol, csv_path=Path(outputs["csv"]), html_path=Path(outputs["html"]))
     if metrics is not None and "mlflow_run_id" in metrics:
         tracker = Tracker(env.tracking)
         for run_id in metrics.mlflow_run_id.dropna().unique():

@@ -7,6 +7,7 @@ rule evaluate:
     params:
         setting=param("setting"),
         config=param("config"),  # logged with the MLflow run; any change re-runs infer anyway
+        evaluation=config["evaluation"],
     log:
         paths.log("evaluate", "{dataset}/{method}/{variant}/{category}"),
     benchmark:

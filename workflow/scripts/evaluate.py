@@ -13,4 +13,5 @@ evaluate(
     env=JobEnvironment.from_config(snakemake.config),
     weights_status=list(snakemake.input.weights),
     config=snakemake.params.config,
+    evaluation=snakemake.params.evaluation,
 )

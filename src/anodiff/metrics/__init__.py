@@ -136,6 +136,7 @@ def compute_all(
     image_scores: np.ndarray,
     masks: np.ndarray,
     anomaly_maps: np.ndarray,
+    fpr_limit: float = AUPRO_FPR_LIMIT,
 ) -> dict[str, float]:
     """All metrics of :data:`METRIC_NAMES`, as fractions in [0, 1].
 
@@ -147,7 +148,7 @@ def compute_all(
 
     Returns:
         Image and pixel AUROC / AP / F1-max over all images resp. all pixels of all images,
-        AUPRO with FPR limit :data:`AUPRO_FPR_LIMIT`, and ``mad``, the mean of those seven.
+        AUPRO up to ``fpr_limit`` (default :data:`AUPRO_FPR_LIMIT`), and ``mad``, the mean of those seven.
 
     Raises:
         ValueError: on mismatched shapes, non-boolean masks or labels, NaN/inf scores, or
@@ -161,7 +162,7 @@ def compute_all(
         "image_ap": float(average_precision_score(labels, scores)),
         "image_f1max": _f1max(labels, scores),
         **pixel_scores(counts),
-        "aupro": aupro_from_counts(counts, AUPRO_FPR_LIMIT),
+        "aupro": aupro_from_counts(counts, fpr_limit),
     }
     result["mad"] = float(np.mean([result[name] for name in METRIC_NAMES[:-1]]))
     return {name: result[name] for name in METRIC_NAMES}
