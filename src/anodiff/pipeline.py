@@ -290,9 +290,7 @@ def infer(*, method: str, config: Mapping[str, Any], training_hash: str, model_p
     detector = load_detector(method=method, config=config, training_hash=training_hash, model_path=model_path,
                              link_path=link_path, env=env)
     test_set = load_feature_sets([Path(test_cache)])
-    started = time.perf_counter()
     prediction: Prediction = detector.predict(test_set)
-    seconds = time.perf_counter() - started
     _check_finite(prediction.image_score, f"image scores of {model_path} on {test_cache}")
     _check_finite(prediction.anomaly_map, f"anomaly maps of {model_path} on {test_cache}")
     expected = (len(test_set), test_set.image_size, test_set.image_size)
@@ -308,7 +306,6 @@ def infer(*, method: str, config: Mapping[str, Any], training_hash: str, model_p
                 labels=test_set.labels,
                 image_paths=np.array(test_set.image_paths),
                 defect_types=np.array(test_set.defect_types),
-                seconds_per_image=np.array(seconds / max(1, len(test_set))),
                 **{f"extra_{k}": np.asarray(v) for k, v in prediction.extras.items()},
             )
 
@@ -347,14 +344,13 @@ def evaluate(*, predictions: str | Path, report: str | Path, category: str, outp
         metrics = evaluate_predictions(saved["labels"], saved["image_score"], saved["anomaly_map"], samples, protocol)
     except (ValueError, FloatingPointError) as error:
         raise type(error)(f"{predictions}: {error}") from error
-    seconds = float(saved["seconds_per_image"])
     tracker = Tracker(env.tracking)
     run_id = tracker.start_run(f"{run['dataset']}/{run['method']}/{run['variant']}/{category} · evaluate",
                                {**run, **_tags(provenance), "category": category, "stage": "evaluate"},
                                read_run_id(Path(run_info)))
     row = {**run, **provenance, "category": category, "n_test_images": len(samples),
            "n_anomalous": int(saved["labels"].sum()), **metrics,
-           "fps": 1.0 / seconds if seconds > 0 else float("nan"), "device": _device_name(),
+           "device": _device_name(),
            "map_size": int(saved["anomaly_map"].shape[-1]), "eval_resolution": protocol.resolution,
            "evaluation": protocol.describe(), "mlflow_run_id": run_id}
     with atomic_path(output) as tmp:
@@ -364,7 +360,7 @@ def evaluate(*, predictions: str | Path, report: str | Path, category: str, outp
     tracker.log_text(run_id, yaml.safe_dump(dict(config), sort_keys=False), "config.yaml")
     tracker.log_dataset(run_id, f"{run['dataset']}/{category}/test", read_json(report, "validation report")
                         .get("manifest", {}).get(category, ""), str(root / category), context="test")
-    tracker.log_metrics(run_id, {**metrics, "fps": row["fps"]})
+    tracker.log_metrics(run_id, metrics)
     tracker.log_artifact(run_id, Path(output))
     tracker.end_run(run_id)
 
@@ -376,14 +372,21 @@ def _device_name() -> str:
 
 
 def aggregate(*, metric_files: Sequence[str | Path], table_path: str | Path, markdown_path: str | Path,
-              html_path: str | Path | None = None, csv_path: str | Path | None = None) -> pd.DataFrame:
+              html_path: str | Path | None = None, csv_path: str | Path | None = None,
+              fps_files: Sequence[str | Path] = ()) -> pd.DataFrame:
     """Concatenate per-category metrics into the dataset x method x category table.
 
     Adds one ``mean`` row per (dataset, method, variant), the papers' "Avg." row.
     """
     from anodiff import tables
 
-    table = tables.with_means(pd.concat([read_parquet(p, "metrics") for p in metric_files], ignore_index=True))
+    metrics = pd.concat([read_parquet(p, "metrics") for p in metric_files], ignore_index=True)
+    if fps_files:  # the one fps of each run (the fps rule), beside every row of the run
+        speed = pd.concat([read_parquet(p, "speed") for p in fps_files], ignore_index=True)
+        metrics = metrics.merge(speed[["dataset", "method", "variant", "images_per_second"]]
+                                .rename(columns={"images_per_second": "fps"}),
+                                on=["dataset", "method", "variant"], how="left", validate="many_to_one")
+    table = tables.with_means(metrics)
     with atomic_path(table_path) as tmp:
         table.to_parquet(tmp, index=False)
     tables.write_metric_table(table, Path(markdown_path), html_path=html_path and Path(html_path),
@@ -422,23 +425,39 @@ def init_tracking(*, env: JobEnvironment, output: str | Path) -> None:
 
 
 # ----------------------------------------------------------------------------- 6. paper tables
-def fps_benchmark(*, method: str, config: Mapping[str, Any], settings: Mapping[str, int], output: str | Path,
-                  run: Mapping[str, str], env: JobEnvironment, weights_status: Sequence[str | Path] = ()) -> None:
-    """Inference images/s of one variant at its configured resolution, batch
-    ``settings['batch_size']`` (64 as DPDiff-AD Table 4), after a warm-up batch; one parquet
-    row with the NFE and the device name (numbers from different devices are not comparable)."""
-    from anodiff.throughput import measure_throughput
+def fps_benchmark(*, method: str, config: Mapping[str, Any], training_hash: str, model_path: str | Path,
+                  link_path: str | Path | None, report: str | Path, category: str, settings: Mapping[str, int],
+                  output: str | Path, run: Mapping[str, str], env: JobEnvironment,
+                  weights_status: Sequence[str | Path] = ()) -> None:
+    """The run's one fps (:func:`anodiff.throughput.time_predictions`): its trained model (a
+    PatchCore memory bank of real size), real test images of ``category`` decoded beforehand,
+    ``settings['batch_size']`` (64, DPDiff-AD Table 4) per batch after a warm-up batch, end to
+    end on the job's device; one parquet row with the NFE and the device's name (numbers
+    from different devices are not comparable)."""
+    from anodiff.features import FeatureExtractor
+    from anodiff.throughput import Throughput, device_name, time_predictions
 
-    result = measure_throughput(method, resolved_config(method, config), resolve_device(env.device),
-                                env.weights_dir, batch_size=settings["batch_size"], repeats=settings["repeats"],
-                                fit_images=settings["fit_images"])
+    entry = get_method(method)
+    device = resolve_device(env.device)
+    detector = load_detector(method=method, config=config, training_hash=training_hash, model_path=model_path,
+                             link_path=link_path, env=env)
+    spec = entry.feature_spec(resolved_config(method, config))
+    extractor = FeatureExtractor(spec, env.weights_dir).to(device)
+    test_set = mvtec.MVTecDataset(dataset_root(report), category, "test", spec.image_size)
+    batch = torch.stack([test_set[i % len(test_set)]["image"] for i in range(settings["batch_size"])])
+    seconds = time_predictions(detector, extractor, batch.pin_memory() if device.type == "cuda" else batch,
+                               device, settings["repeats"])
     provenance = weights_provenance(weights_status)
+    result = Throughput(method=method, image_size=spec.image_size, batch_size=len(batch),
+                        images_per_second=1.0 / seconds, seconds_per_image=seconds,
+                        nfe=entry.nfe(resolved_config(method, config)), device=device_name(device),
+                        pretrained_weights=provenance["pretrained_weights"])
     with atomic_path(output) as tmp:
-        pd.DataFrame([{**run, **asdict(result), **provenance}]).to_parquet(tmp, index=False)
+        pd.DataFrame([{**run, **asdict(result), **provenance, "category": category}]).to_parquet(tmp, index=False)
     tracker = Tracker(env.tracking)
     run_id = tracker.start_run(f"{run['dataset']}/{method}/{run['variant']} · fps",
                                {**run, **_tags(provenance), "stage": "fps", "device": result.device})
-    tracker.log_params(run_id, {**settings, "nfe": result.nfe, "image_size": result.image_size})
+    tracker.log_params(run_id, {**settings, "nfe": result.nfe, "image_size": result.image_size, "category": category})
     tracker.log_metrics(run_id, {"images_per_second": result.images_per_second,
                                  "seconds_per_image": result.seconds_per_image})
     tracker.end_run(run_id)

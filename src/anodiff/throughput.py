@@ -1,9 +1,12 @@
-"""Inference throughput of a method at a given config: images/s, after warm-up, with NFE.
+"""Inference throughput: images/s, after warm-up, with NFE and the device's name.
 
-Measures what a user pays per image: the frozen backbone plus the method's ``predict``, on
-random images at the config's resolution (throughput does not depend on content). The
-detector is fitted on a few random images first (one epoch for trained methods), since
-only the forward cost is measured.
+One definition (:func:`time_predictions`): what a user pays per image, end to end: the
+host-to-device copy of decoded images, the frozen backbone and the method's ``predict``,
+at batch 64 (DPDiff-AD Table 4) after a warm-up batch. The workflow's fps rule applies it to
+the trained model on real test images of the run (``anodiff.pipeline.fps_benchmark``); the
+metric table, the paper tables and the trade-off figure all show that number.
+:func:`measure_throughput` applies it to a detector fitted on a few random images, for
+paper-size models that have no trained weights here (``benchmarks/bench_fps.py``).
 """
 
 from __future__ import annotations
@@ -53,6 +56,27 @@ def _synchronize(device: torch.device) -> None:
 
 
 @torch.no_grad()
+def time_predictions(detector, extractor: FeatureExtractor, batch: torch.Tensor, device: torch.device,
+                     repeats: int) -> float:
+    """Seconds per image of the one fps definition: ``batch`` (decoded images in [0, 1] on the
+    host; decoding is not timed) copied to ``device``, the backbone, and ``predict`` (its maps
+    and scores back on the host), end to end, after one warm-up batch; the mean of ``repeats``."""
+    image_size = batch.shape[-1]
+
+    def one_batch() -> None:
+        images = batch.to(device, non_blocking=True)
+        detector.predict(_feature_set(extractor(images), image_size))
+
+    one_batch()  # warm-up: lazy initialisation, kernel selection, caches
+    _synchronize(device)
+    started = time.perf_counter()
+    for _ in range(repeats):
+        one_batch()
+    _synchronize(device)
+    return (time.perf_counter() - started) / (repeats * len(batch))
+
+
+@torch.no_grad()
 def measure_throughput(
     method: str,
     config,
@@ -63,7 +87,11 @@ def measure_throughput(
     fit_images: int = 8,
     seed: int = 0,
 ) -> Throughput:
-    """Images per second of backbone + ``predict`` on batches of ``batch_size`` images."""
+    """Images per second of backbone + ``predict`` on batches of ``batch_size`` random images,
+    of a detector fitted on ``fit_images`` random images: the benchmark of paper-size models
+    without a trained model (``benchmarks/bench_fps.py``). The workflow's fps rule times the
+    trained model on real test images (``anodiff.pipeline.fps_benchmark``), with the same
+    :func:`time_predictions`."""
     entry = get_method(method)
     spec = entry.feature_spec(config)
     extractor = FeatureExtractor(spec, weights_dir).to(device)
@@ -82,14 +110,7 @@ def measure_throughput(
         if entry.calibrates:
             detector.calibrate(train_set)
 
-    batch = images(batch_size)
-    detector.predict(_feature_set(extractor(batch).cpu(), spec.image_size))  # warm-up
-    _synchronize(device)
-    started = time.perf_counter()
-    for _ in range(repeats):
-        detector.predict(_feature_set(extractor(batch).cpu(), spec.image_size))
-    _synchronize(device)
-    seconds = (time.perf_counter() - started) / (repeats * batch_size)
+    seconds = time_predictions(detector, extractor, images(batch_size).cpu(), device, repeats)
     return Throughput(method=method, image_size=spec.image_size, batch_size=batch_size,
                       images_per_second=1.0 / seconds, seconds_per_image=seconds,
                       nfe=entry.nfe(config), device=device_name(device),

@@ -103,6 +103,13 @@ def get_infer_inputs(w):
             "weights": weights_status(run.weights)}
 
 
+def get_fps_inputs(w):
+    """The model of the run's first category, its test images (the report) and networks."""
+    run = run_of(w)
+    return {**model_inputs(run, run.categories[0]), "report": report_of(run.dataset),
+            "weights": weights_status(run.weights)}
+
+
 def get_evaluate_inputs(w):
     run = run_of(w)
     return {"predictions": at(paths.PREDICTIONS, run, category=w.category), "report": report_of(run.dataset),

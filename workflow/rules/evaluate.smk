@@ -19,9 +19,10 @@ rule evaluate:
 
 
 rule aggregate:
-    """The dataset x method x variant x category table, with a mean row per run."""
+    """The dataset x method x variant x category table, with a mean row per run and each run's fps."""
     input:
-        lambda w: outputs_of(PLAN.runs.values(), paths.METRICS),
+        metrics=lambda w: outputs_of(PLAN.runs.values(), paths.METRICS),
+        fps=lambda w: [at(paths.FPS, r) for r in PLAN.runs.values()],
     output:
         table=paths.METRIC_TABLE,
         markdown=paths.METRIC_MARKDOWN,

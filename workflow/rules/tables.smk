@@ -1,13 +1,15 @@
 rule fps:
-    """Inference images/s of one variant at its resolution, batch 64 (DPDiff-AD Table 4)."""
+    """The run's one fps: its trained model on real test images, end to end (host-to-device copy,
+    backbone, method), batch 64 after a warm-up batch (anodiff.throughput.time_predictions)."""
     input:
-        weights=lambda w: weights_status(run_of(w).weights),
+        unpack(get_fps_inputs),
     output:
         paths.FPS,
     params:
         config=param("config"),
+        training_hash=param("training_hash"),
         setting=param("setting"),
-        nfe=param("nfe"),
+        category=lambda w: run_of(w).categories[0],
         settings=config["fps"],
     log:
         paths.log("fps", "{dataset}/{method}/{variant}"),
