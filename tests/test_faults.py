@@ -151,3 +151,20 @@ def test_a_replaced_image_of_a_prepared_dataset_fails_the_next_run_naming_the_ca
     assert "changed since it was prepared" in message and "washer" in message and "weave" not in message
     assert f"snakemake --cores N --force {report}" in message
     assert report.is_file()  # nothing already done is lost
+
+
+def test_offline_fetch_gives_up_in_seconds_not_minutes():
+    import os
+    import subprocess
+    import sys
+    import time
+
+    code = ("from pathlib import Path; from anodiff.weights import PretrainedWeights, download; "
+            "print(download(PretrainedWeights('timm', 'resnet18', allow_random_weights=True), Path('unused')))")
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "HTTPS_PROXY", "https_proxy")}
+    env["HF_ENDPOINT"] = "http://127.0.0.1:9"  # nothing listens there: like a machine without network
+    started = time.perf_counter()
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "False", result.stderr[-2000:]
+    assert "cannot reach 127.0.0.1:9" in result.stderr
+    assert time.perf_counter() - started < 30  # the hub client alone retries for about a minute

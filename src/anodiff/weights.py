@@ -25,6 +25,7 @@ if TYPE_CHECKING:  # torch is imported where a network is built: the DAG lists w
 log = logging.getLogger(__name__)
 
 RANDOM_WEIGHTS_SEED = 0  # initialisation of random (offline demo) networks
+HUB_PROBE_TIMEOUT = 5.0  # seconds to reach the hub before a fetch counts as offline
 TIMM_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # what timm fetches from the hub
 RANDOM_WEIGHTS_WARNING = (
     "\n" + "!" * 78 + "\n"
@@ -67,6 +68,7 @@ def download(weights: PretrainedWeights, weights_dir: Path) -> bool:
     random weights and say so).
     """
     try:
+        _check_hub_reachable()
         if weights.source == "timm":
             import timm
 
@@ -86,6 +88,27 @@ def download(weights: PretrainedWeights, weights_dir: Path) -> bool:
             ) from error
         log.warning("could not fetch %s (%s); jobs will use random weights", weights.describe(), _reason(error))
         return False
+
+
+def _check_hub_reachable(timeout: float = HUB_PROBE_TIMEOUT) -> None:
+    """Fail in seconds when the Hugging Face hub cannot be reached (offline, or a firewall that
+    drops packets), instead of the hub client's minute of retries per file."""
+    import os
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        raise ConnectionError("HF_HUB_OFFLINE is set")
+    url = urlparse(constants.ENDPOINT)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    if os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy"):
+        return  # behind a proxy the hub itself is not dialled directly: let the client try
+    try:
+        socket.create_connection((url.hostname, port), timeout=timeout).close()
+    except OSError as error:
+        raise ConnectionError(f"cannot reach {url.hostname}:{port} within {timeout:g} s ({error})") from error
 
 
 def load_timm(
