@@ -1,7 +1,8 @@
 """D3AD (seed 003): DIC bins and binary search by hand (Algorithm 2), noiseless scaling and
 guided DDIM against diffusers (Algorithm 1, Eq. 7-8, 11), L_DA and the map fusion by hand
 (Eq. 9-10), fit/predict on synthetic images with every stage, training on a config without
-its inference keys, persistence, ablation switches, config and paper scale."""
+its inference keys, persistence, ablation switches (Table 4's shared domain adaptation,
+Fig. 14's per-image noise and grid), config and the paper-scale UNet against the official one."""
 
 from dataclasses import asdict
 from pathlib import Path
@@ -19,7 +20,7 @@ from anodiff.methods import get_method
 from anodiff.methods.base import FeatureSet, TrainCallbacks
 from anodiff.methods.d3ad import ENTRY, D3ADConfig
 from anodiff.methods.d3ad.dic import bin_edges, find_bin, fit_knn, mean_knn_distance, timestep_for_bin
-from anodiff.methods.d3ad.method import D3ADDetector
+from anodiff.methods.d3ad.method import D3ADDetector, adaptation_timesteps
 from anodiff.methods.d3ad.reconstruction import denoising_grid, guided_eps, perturb, reconstruct
 from anodiff.methods.d3ad.scoring import (
     domain_adaptation_loss,
@@ -29,9 +30,11 @@ from anodiff.methods.d3ad.scoring import (
     normalize,
     smooth,
 )
-from anodiff.methods.inversion.torch_model import build_unet
+from anodiff.methods.d3ad.torch_model import build_latent_unet
+from anodiff.papers import load_paper_specs
 
-DEFAULTS = Path(__file__).resolve().parents[1] / "config" / "methods" / "d3ad.yaml"
+REPO = Path(__file__).resolve().parents[1]
+DEFAULTS = REPO / "config" / "methods" / "d3ad.yaml"
 SIZE = 32
 TINY = {  # a CPU-sized model on 32 px images: random 4x autoencoder, random ResNet-34, 2-level UNet
     "image_size": SIZE,
@@ -386,8 +389,66 @@ def test_static_conditioning_and_conventional_noising():
     prediction = detector.predict(image_set(test))
     assert set(prediction.extras) == {"timestep", "latent_map_max", "feature_map_max"}
     assert (prediction.extras["timestep"] == 40).all()
+    # one noise per image, drawn in the order of the set: the first images' scores do not depend on
+    # the images after them or on the batch size
     np.testing.assert_allclose(detector.predict(image_set(test[:2])).image_score, prediction.image_score[:2],
-                               rtol=1e-5)  # the noise is shared: a score does not depend on the batch
+                               rtol=1e-5)
+    detector.config.reconstruction.batch_size = 1
+    np.testing.assert_allclose(detector.predict(image_set(test)).image_score, prediction.image_score, rtol=1e-5)
+
+
+def test_noise_of_omega_above_zero_is_drawn_per_image():
+    detector = build({"reconstruction": {"noise_fraction": 1.0}})
+    generator = torch.Generator().manual_seed(0)
+    noise = detector._test_noise(3, generator)
+    assert noise.shape == (3, 4, SIZE // 4, SIZE // 4)
+    assert not torch.equal(noise[0], noise[1]) and not torch.equal(noise[1], noise[2])
+    one_by_one = torch.Generator().manual_seed(0)
+    torch.testing.assert_close(torch.cat([detector._test_noise(1, one_by_one) for _ in range(3)]), noise,
+                               rtol=0, atol=0)
+
+
+def test_table4_variants_share_domain_adaptation():
+    """The static-T_hat rows of Table 4 change the conditioning only: domain adaptation reads its
+    own section (the official DA_rnd_step), which the paper spec leaves equal, and draws the same
+    start steps; a static and a dynamic detector adapt phi identically."""
+    spec = load_paper_specs(["d3ad"], REPO / "config" / "papers")
+    variants = spec["methods"]["d3ad"]
+    rows = [row["variant"] for row in spec["tables"]["d3ad/table4"]["rows"]]
+    assert sorted(rows) == ["paper", "static-20", "static-40", "static-60", "static-80"]
+    configs = [load_method_config(D3ADConfig, DEFAULTS, variants[v].get("overrides", {})) for v in rows]
+    differing = {key for c in configs for key, value in asdict(c).items() if value != asdict(configs[0])[key]}
+    assert differing == {"conditioning"}  # so everything domain adaptation reads is shared
+    draws = [adaptation_timesteps(c.domain_adaptation, 4, torch.Generator().manual_seed(1)) for c in configs]
+    assert all(torch.equal(d, draws[0]) for d in draws)
+    images = rand(8, 3, SIZE, SIZE, seed=5)
+    dynamic = fitted(images=images)
+    static = fitted({"conditioning": {"dynamic": False, "static_timestep": 20}}, images=images)
+    assert dynamic.adaptation_losses == static.adaptation_losses
+    for key, value in dynamic.extractor.state_dict().items():
+        assert torch.equal(value, static.extractor.state_dict()[key]), key
+
+
+def test_domain_adaptation_draws_the_official_random_bins_per_minibatch():
+    config = tiny_config().domain_adaptation
+    assert (config.t_max, config.num_bins, config.round_to) == (80, 10, 10)
+    generator = torch.Generator().manual_seed(0)
+    seen = set()
+    for _ in range(200):
+        starts = adaptation_timesteps(config, 5, generator)
+        assert starts.shape == (5,) and (starts == starts[0]).all()  # one bin per minibatch
+        seen.add(int(starts[0]))
+    # bins 1..10 of T_max 80: 8, 16, ..., 80 rounded to tens (no minimum bin, unlike DIC's)
+    assert seen == {10, 20, 30, 40, 50, 60, 70, 80}
+
+
+def test_fig14_sweeps_the_papers_eleven_noise_fractions():
+    spec = load_paper_specs(["d3ad"], REPO / "config" / "papers")
+    variants = spec["methods"]["d3ad"]
+    runs = spec["figures"]["d3ad/fig14"]["runs"]
+    omegas = [load_method_config(D3ADConfig, DEFAULTS, variants[r["variant"]].get("overrides", {}))
+              .reconstruction.noise_fraction for r in runs]
+    assert omegas == [r["x"] for r in runs] == pytest.approx([i / 10 for i in range(11)])
 
 
 def test_fewer_training_images_than_k_use_them_all():
@@ -435,10 +496,41 @@ def test_yaml_holds_the_paper_defaults_and_the_paper_unet_builds():
     assert [(w.source, w.name) for w in weights] == [("diffusers", "stabilityai/sd-vae-ft-mse"),
                                                      ("timm", "resnet34.tv_in1k")]
     with torch.device("meta"):  # 32 x 32 x 4 latents of 256 px images
-        unet = build_unet(config.unet, 4, 256 // 8)
+        unet = build_latent_unet(config.unet, 4, 256 // 8)
     count = sum(p.numel() for p in unet.parameters())
-    print(f"paper-scale D3AD latent UNet: {count / 1e6:.1f}M parameters")
-    assert 100e6 < count < 600e6
+    print(f"paper-scale D3AD latent UNet: {count:,} parameters (official guided-diffusion UNet: 281,088,004)")
+    # the official UNetModel(32, 192, n_heads=8, channel_mults=[1,2,2,4,4], attention_resolutions=
+    # [32,16,8,4], num_res_blocks=2, biggan_updown) counted with the official unet.py
+    assert count == 281_088_004
+
+
+def test_latent_unet_has_the_official_heads_resampling_and_zero_init():
+    from diffusers.models.attention_processor import Attention
+    from diffusers.models.resnet import ResnetBlock2D
+
+    config = load_method_config(D3ADConfig, DEFAULTS, {"unet": {"block_out_channels": [32, 64, 64],
+                                                                "attention_resolutions": [1, 2],
+                                                                "norm_num_groups": 8}}).unet
+    unet = build_latent_unet(config, 4, 8)
+    attentions = [m for m in unet.modules() if isinstance(m, Attention)]
+    assert attentions and all(a.heads == 8 for a in attentions)  # 8 heads of 4 or 8 channels
+    assert {a.inner_dim // a.heads for a in attentions} == {4, 8}
+    resamplers = [m for m in unet.modules() if isinstance(m, ResnetBlock2D) and (m.up or m.down)]
+    assert sum(m.down for m in resamplers) == 2 and sum(m.up for m in resamplers) == 2  # BigGAN up/down
+    assert all(not m.conv2.weight.any() for m in unet.modules() if isinstance(m, ResnetBlock2D))
+    assert not unet.conv_out.weight.any() and all(not a.to_out[0].weight.any() for a in attentions)
+    assert not unet.config.flip_sin_to_cos  # guided-diffusion's [sin, cos] timestep embedding
+    z = torch.randn(2, 4, 8, 8)
+    assert torch.equal(unet(z, torch.tensor([3, 70])).sample, torch.zeros_like(z))  # zero-initialised output
+    eight = next(a for a in attentions)
+    with torch.no_grad():  # 8 heads are not 1 head of the same width: the setting reaches the forward
+        for a in attentions:
+            a.to_out[0].weight.normal_()
+        x = torch.randn(1, eight.inner_dim, 4, 4)
+        out_8 = eight(x)
+        eight.heads = 1
+        eight.scale = eight.inner_dim ** -0.5
+        assert not torch.allclose(eight(x), out_8)
 
 
 def test_typo_and_invalid_values_raise_config_errors():

@@ -1,8 +1,9 @@
 """The DiAD method (seed 001): the SG network's initialisation and zero connections, the SFF
-block, the anomaly map and image score by hand, the DDIM loop on an exact model, training
-(what moves and what stays frozen), tiny pretrain/fit/predict on the config views the
-pipeline gives each stage, with persistence, every variant, config checks, and the paper-scale
-model's size."""
+block, SD's empty-prompt context and the LDM's class context, the anomaly map and image score
+by hand, the DDIM grid (Fig. 6) and loop on an exact model, the autoencoder fine-tune's
+objective (L1 + LPIPS + KL, PatchGAN) and its step count, training (what moves and what stays
+frozen), tiny pretrain/fit/predict on the config views the pipeline gives each stage, with
+persistence, every variant, config checks, and the paper-scale model's size."""
 
 from dataclasses import asdict
 from pathlib import Path
@@ -23,22 +24,28 @@ from anodiff.config import (
 from anodiff.methods import get_method
 from anodiff.methods.base import FeatureSet, TrainCallbacks
 from anodiff.methods.diad import ENTRY, DiADConfig
-from anodiff.methods.diad.method import build_denoiser, build_scheduler
+from anodiff.methods.diad.config import inference_timesteps
+from anodiff.methods.diad.method import build_denoiser, load_lpips, load_vae, prompt_context
 from anodiff.methods.diad.torch_model import (
     Denoiser,
+    PatchDiscriminator,
     SpatialFeatureFusion,
+    autoencoder_loss,
     build_semantic_guided,
     ddim_reconstruct,
-    denoising_timesteps,
     feature_distance_map,
+    hinge_d_loss,
+    optimizer_step,
     pooled_max_score,
     residual_channels,
     residual_groups,
     smooth,
     trainable_parts,
 )
+from anodiff.papers import load_paper_specs
 
-DEFAULTS = Path(__file__).resolve().parents[1] / "config" / "methods" / "diad.yaml"
+REPO = Path(__file__).resolve().parents[1]
+DEFAULTS = REPO / "config" / "methods" / "diad.yaml"
 # 32 px images; a 2-level autoencoder (x2) gives a 16 px latent, so the 4-level UNet's SGEB4 is
 # 2 x 2 (SFF's InstanceNorm needs more than one pixel). Random weights (offline).
 TINY = {
@@ -67,20 +74,34 @@ QUIET = TrainCallbacks(show_progress=False)
 pytestmark = pytest.mark.filterwarnings("ignore:\\s*!+:UserWarning")  # the random-weights warning
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors on a shared CPU: with 2 threads OpenMP waits dominate (up to 40x slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def tiny_config(overrides=None) -> DiADConfig:
     return load_method_config(DiADConfig, DEFAULTS, deep_merge(TINY, overrides or {}))
 
 
-def image_set(n=6, size=32, seed=0, labels=None) -> FeatureSet:
+def image_set(n=6, size=32, seed=0, labels=None, categories=None) -> FeatureSet:
     images = torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
     return FeatureSet(features=images, labels=np.zeros(n, int) if labels is None else labels,
-                      image_paths=[f"{i}.png" for i in range(n)], categories=["toy"] * n,
+                      image_paths=[f"{i}.png" for i in range(n)], categories=categories or ["toy"] * n,
                       defect_types=["good"] * n, image_size=size)
 
 
 def tiny_unet(seed=0) -> UNet2DConditionModel:
     torch.manual_seed(seed)
     return UNet2DConditionModel(**TINY["pretrained"]["random_unet"])
+
+
+def context(width=16, seed=0) -> torch.Tensor:
+    """A stand-in prompt context (1, 77, width)."""
+    return torch.randn(1, 77, width, generator=torch.Generator().manual_seed(seed))
 
 
 # ----------------------------------------------------------------------------- SG network
@@ -117,27 +138,75 @@ def test_zero_initialised_sg_network_leaves_sd_output_unchanged(norm, connection
     z, t = torch.randn(2, 4, 16, 16), torch.tensor([10, 900])
     image = torch.rand(2, 3, 32, 32) * 2 - 1
     with torch.no_grad():
-        plain = Denoiser(unet, None)(z, t, image)
-        with_sg = Denoiser(unet, guided)(z, t, image)
-        down, mid = guided(z, t, torch.zeros(2, 1, 16), image)
+        plain = Denoiser(unet, None, context())(z, t, image)
+        with_sg = Denoiser(unet, guided, context())(z, t, image)
+        down, mid = guided(z, t, context().expand(2, -1, -1), image)
     torch.testing.assert_close(with_sg, plain, rtol=0, atol=0)
     assert all(r.abs().max() == 0 for r in down) and mid.abs().max() == 0
     # ... and a non-zero zero-conv makes the connected SGEB4 residuals non-zero: they do reach SD
     with torch.no_grad():
         for conv in guided.controlnet.controlnet_down_blocks:
             conv.weight.fill_(0.01)
-        down, _ = guided(z, t, torch.zeros(2, 1, 16), image)
+        down, _ = guided(z, t, context().expand(2, -1, -1), image)
     assert [bool(r.abs().max() > 0) for r in down] == [g in connections for g in residual_groups(4, 1)]
 
 
-def test_zero_context_token_count_does_not_matter():
-    # The documented choice: an all-zero context's keys/values are zero, so 1 token = 77 tokens.
-    unet = tiny_unet().eval()
-    z, t = torch.randn(1, 4, 16, 16), torch.tensor([500])
+# ----------------------------------------------------------------------------- context
+def test_empty_prompt_context_has_the_sd_shape():
+    # SD v1.5's CLIP text encoder gives (1, 77, 768) for the empty prompt; offline, the seeded
+    # stand-in (random weights, SD's special tokens) has that shape too, at the UNet's width.
+    config = load_method_config(DiADConfig, DEFAULTS, {"pretrained": {"allow_random_weights": True}})
+    assert config.context.prompt == "" and config.prompt_context
+    with pytest.warns(UserWarning, match="RANDOM"):
+        sd = prompt_context(config, Path("/nonexistent-weights"), 768)
+    assert sd.shape == (1, 77, 768) and torch.isfinite(sd).all()
+    assert sd[0, 0].abs().sum() > 0 and not torch.equal(sd[0, 0], sd[0, 1])  # a real encoding, not zeros
+    with pytest.warns(UserWarning, match="RANDOM"):
+        again = prompt_context(config, Path("/nonexistent-weights"), 768)
+    torch.testing.assert_close(again, sd, rtol=0, atol=0)  # seeded: train and test jobs agree
+    strict = load_method_config(DiADConfig, DEFAULTS)
+    with pytest.raises(Exception, match="text_encoder"):  # never a silent stand-in for the paper
+        prompt_context(strict, Path("/nonexistent-weights"), 768)
+
+
+def test_every_image_gets_the_prompt_context_and_sd_sees_it(tmp_path):
+    detector = ENTRY.build(tiny_config(), torch.device("cpu"), tmp_path)
+    denoiser = detector.denoiser
+    assert denoiser.prompt_context.shape == (1, 77, 16)
+    assert "prompt_context" not in detector.state_dict()["trainable"]  # rebuilt from the weights, never saved
+    shared = denoiser.context(3, None)
+    assert shared.shape == (3, 77, 16) and torch.equal(shared[0], shared[2])
+    z, t, image = torch.randn(1, 4, 16, 16), torch.tensor([500]), torch.rand(1, 3, 32, 32) * 2 - 1
     with torch.no_grad():
-        one = unet(z, t, encoder_hidden_states=torch.zeros(1, 1, 16)).sample
-        many = unet(z, t, encoder_hidden_states=torch.zeros(1, 77, 16)).sample
-    torch.testing.assert_close(one, many, rtol=1e-5, atol=1e-6)
+        with_prompt = denoiser(z, t, image)
+        denoiser.prompt_context = torch.zeros_like(denoiser.prompt_context)
+        with_zeros = denoiser(z, t, image)
+    assert (with_prompt - with_zeros).abs().max() > 1e-4  # the context reaches the cross-attention
+
+
+def test_ldm_conditions_on_a_learned_embedding_of_each_category(tmp_path):
+    config = tiny_config({"variant": "ldm"})
+    detector = ENTRY.build(config, torch.device("cpu"), tmp_path)
+    assert detector.denoiser.prompt_context is None  # no text encoder for the LDM baseline
+    train = image_set(4, categories=["screw", "bottle", "screw", "bottle"])
+    detector.fit(train, QUIET)
+    assert detector.classes == ["bottle", "screw"] and "class_embedding" in detector.trainable
+    embedding = detector.denoiser.class_embedding
+    labels = torch.tensor([0, 1])
+    assert torch.equal(detector.denoiser.context(2, labels), embedding.weight[:, None])
+    test = image_set(2, seed=1, categories=["screw", "bottle"])
+    prediction = detector.predict(test)
+    restored = ENTRY.build(config, torch.device("cpu"), tmp_path)
+    restored.load_state_dict(torch.load(_saved(detector, tmp_path), weights_only=True))
+    assert restored.classes == ["bottle", "screw"]
+    np.testing.assert_array_equal(restored.predict(test).image_score, prediction.image_score)
+    with pytest.raises(ValueError, match="no class for \\['cable'\\]"):
+        detector.predict(image_set(1, categories=["cable"]))
+
+
+def _saved(detector, tmp_path) -> Path:
+    torch.save(detector.state_dict(), tmp_path / "model.pt")
+    return tmp_path / "model.pt"
 
 
 def test_sff_output_shapes_and_fusion_formula():
@@ -204,43 +273,170 @@ def test_gaussian_smoothing_keeps_constants_and_mass():
 
 
 # ----------------------------------------------------------------------------- diffusion
-def test_ddim_grid_follows_the_official_sampler():
-    config = tiny_config()
-    scheduler = build_scheduler(config)  # the YAML's schedule: SD v1.5 / official LDM sampler
-    assert denoising_timesteps(scheduler, 10, 1000) == [901, 801, 701, 601, 501, 401, 301, 201, 101, 1]
-    assert denoising_timesteps(scheduler, 10, 600) == [501, 401, 301, 201, 101, 1]  # Fig. 6 ablation
-    assert get_method("diad").nfe(tiny_config({"inference": {"ddim_steps": 10}})) == 10
-    assert get_method("diad").nfe(tiny_config({"inference": {"ddim_steps": 10, "forward_timesteps": 600}})) == 6
+def test_ddim_grids_trailing_from_t_prime_and_the_official_leading_one():
+    # trailing (default): the first denoising step is T' - 1, the latent is noised to it, 10 steps
+    assert inference_timesteps(1000, 10, "trailing", 1) == (999, tuple(range(999, 0, -100)))
+    assert inference_timesteps(200, 10, "trailing", 1) == (199, tuple(range(199, 0, -20)))
+    assert inference_timesteps(600, 10, "trailing", 1) == (599, tuple(range(599, 0, -60)))
+    # leading: the official LDM sampler's grid, noised to 999 above its first step 901
+    assert inference_timesteps(1000, 10, "leading", 1) == (999, tuple(range(901, 0, -100)))
+    # both are diffusers' DDIMScheduler grids at T' = T
+    for spacing in ("trailing", "leading"):
+        scheduler = DDIMScheduler(steps_offset=1, timestep_spacing=spacing)
+        scheduler.set_timesteps(10)
+        assert list(inference_timesteps(1000, 10, spacing, 1)[1]) == scheduler.timesteps.tolist()
+    for T, S in [(1000, 10), (430, 7), (77, 13), (10, 10), (1000, 1000), (5, 1)]:
+        noise, steps = inference_timesteps(T, S, "trailing", 1)
+        assert noise == steps[0] == T - 1 and len(set(steps)) == S and min(steps) >= 0
+        assert list(steps) == sorted(steps, reverse=True)
+        assert ENTRY.nfe(tiny_config({"inference": {"forward_timesteps": T, "ddim_steps": S}})) == S
 
 
-@pytest.mark.parametrize("ddim_steps, forward_timesteps, steps_offset, T", [
-    (10, 1000, 1, 1000), (10, 600, 1, 1000), (10, 602, 1, 1000), (10, 601, 1, 1000), (4, 1000, 1, 1000),
-    (7, 1000, 1, 1000), (7, 430, 0, 1000), (3, 1, 0, 1000), (1, 1000, 1, 1000), (1000, 1000, 0, 1000),
-    (1000, 500, 1, 1000), (13, 77, 5, 200), (6, 100, 0, 100),
-])
-def test_nfe_counts_the_diffusers_ddim_grid_without_diffusers(ddim_steps, forward_timesteps, steps_offset, T):
-    config = tiny_config({"inference": {"ddim_steps": ddim_steps, "forward_timesteps": forward_timesteps},
-                          "diffusion": {"steps_offset": steps_offset, "num_train_timesteps": T}})
-    grid = denoising_timesteps(build_scheduler(config), ddim_steps, forward_timesteps)
-    assert ENTRY.nfe(config) == len(grid)
+def test_fig6_noises_each_latent_to_its_first_denoising_step_with_the_papers_step_count():
+    """Fig. 6's runs (T' = 200 ... 1000): the noise level is the first step's, 10 steps each."""
+    spec = load_paper_specs(["diad"], REPO / "config" / "papers")
+    figure = spec["figures"]["diad/fig6"]
+    variants = spec["methods"]["diad"]
+    for run in figure["runs"]:
+        config = load_method_config(DiADConfig, DEFAULTS, variants[run["variant"]].get("overrides", {}))
+        i = config.inference
+        assert i.forward_timesteps == run["x"]
+        noise, steps = inference_timesteps(i.forward_timesteps, i.ddim_steps, i.timestep_spacing,
+                                           config.diffusion.steps_offset)
+        assert noise == steps[0] == run["x"] - 1 and len(steps) == 10 == ENTRY.nfe(config)
 
 
-def test_ddim_reconstruction_with_the_exact_noise_of_a_point_mass_returns_it():
-    # Data = delta(x0): the exact eps at x_t is (x_t - sqrt(a_t) x0) / sqrt(1 - a_t), so every DDIM
-    # step's x0 prediction is x0 and, ending at alpha = 1, the loop must return x0 exactly.
+def test_ddim_loop_on_a_custom_grid_is_diffusers_ddim_and_reconstructs_a_point_mass():
     scheduler = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
-                              set_alpha_to_one=True, steps_offset=1, clip_sample=False)
+                              set_alpha_to_one=False, steps_offset=1, clip_sample=False,
+                              timestep_spacing="trailing")
     alphas = scheduler.alphas_cumprod.double()
-    x0 = torch.randn(2, 4, 8, 8, dtype=torch.float64)
+    x0 = torch.randn(2, 4, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    noise = torch.randn(2, 4, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    weight = torch.randn(4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
 
+    class Toy(torch.nn.Module):
+        def forward(self, x, t, image, labels=None):
+            return torch.tanh(torch.einsum("oc,bchw->bohw", weight, x)) * (1 + t.view(-1, 1, 1, 1) / 1000)
+
+    # the same as diffusers' DDIMScheduler (eta 0) where its fixed-stride grid exists (T' = T)
+    noise_t, steps = inference_timesteps(1000, 10, "trailing", 1)
+    ours = ddim_reconstruct(Toy(), alphas, alphas[0], x0, None, noise, noise_t, steps)
+    scheduler.alphas_cumprod = alphas
+    scheduler.final_alpha_cumprod = alphas[0]  # set_alpha_to_one false (SD v1.5), in float64 here
+    scheduler.set_timesteps(10)
+    x = scheduler.add_noise(x0, noise, torch.tensor([999]))
+    for t in scheduler.timesteps:
+        x = scheduler.step(Toy()(x, t.view(1).expand(2), None), t, x, eta=0.0).prev_sample
+    torch.testing.assert_close(ours, x, rtol=0, atol=1e-10)
+
+    # Data = delta(x0): the exact eps makes every x0 prediction x0, and ending at alpha = 1 the
+    # loop returns x0 from any grid, here T' = 200's (stride 20, which diffusers cannot follow)
     class ExactEps(torch.nn.Module):
-        def forward(self, x, t, image):
+        def forward(self, x, t, image, labels=None):
             a = alphas[t].view(-1, 1, 1, 1)
             return (x - a.sqrt() * x0) / (1 - a).sqrt()
 
-    steps = denoising_timesteps(scheduler, 10, 1000)
-    out = ddim_reconstruct(ExactEps(), scheduler, x0, None, torch.randn_like(x0), 999, steps)
-    torch.testing.assert_close(out, x0, rtol=0, atol=1e-5)
+    noise_t, steps = inference_timesteps(200, 10, "trailing", 1)
+    out = ddim_reconstruct(ExactEps(), alphas, 1.0, x0, None, noise, noise_t, steps)
+    torch.testing.assert_close(out, x0, rtol=0, atol=1e-10)
+
+
+def test_test_latent_is_sampled_by_default_and_the_mean_on_request(tmp_path):
+    detector = ENTRY.build(tiny_config(), torch.device("cpu"), tmp_path)
+    detector.fitted = True
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    seeded = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    sampled = detector.reconstruct(images, seeded())
+    mean = ENTRY.build(tiny_config({"inference": {"test_latent": "mean"}}), torch.device("cpu"), tmp_path)
+    assert detector.config.inference.test_latent == "sample"
+    assert not torch.equal(sampled, mean.reconstruct(images, seeded()))
+    torch.testing.assert_close(detector.reconstruct(images, seeded()), sampled)  # seeded
+    one_by_one = seeded()  # an image's draws do not depend on the batch size
+    torch.testing.assert_close(torch.cat([detector.reconstruct(images[i : i + 1], one_by_one) for i in range(2)]),
+                               sampled, rtol=1e-5, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- autoencoder fine-tune
+def test_lpips_term_is_in_the_autoencoder_loss_and_differentiable(tmp_path):
+    config = tiny_config()
+    assert config.autoencoder_finetune.perceptual_weight == 1.0
+    with pytest.warns(UserWarning, match="RANDOM"):  # offline: the seeded LPIPS stand-in, loudly
+        perceptual = load_lpips(config, tmp_path)
+    vae = load_vae(config, tmp_path)
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(4)) * 2 - 1
+    seeded = lambda: torch.Generator().manual_seed(5)  # noqa: E731  (the same posterior sample)
+    plain = autoencoder_loss(vae, x, seeded(), 1e-6)
+    with_lpips = autoencoder_loss(vae, x, seeded(), 1e-6, perceptual, 1.0)
+    z = vae.encode(x).latent_dist
+    noise = torch.randn(z.mean.shape, generator=seeded())
+    reconstruction = vae.decode(z.mean + z.std * noise).sample
+    lpips_per_image = perceptual(x, reconstruction).flatten()
+    assert (lpips_per_image > 0).all()
+    # as the official loss: LPIPS is added at every pixel, summed like the L1 term, / batch
+    torch.testing.assert_close(with_lpips - plain, 3 * 32 * 32 * lpips_per_image.mean(), rtol=1e-4, atol=1e-3)
+    decoder_weight = vae.decoder.conv_out.weight
+    (gradient,) = torch.autograd.grad(with_lpips - plain, decoder_weight)
+    assert torch.isfinite(gradient).all() and gradient.abs().sum() > 0
+    assert not any(p.requires_grad for p in perceptual.parameters())  # LPIPS itself is frozen
+    assert load_lpips(tiny_config({"autoencoder_finetune": {"perceptual_weight": 0.0}}), tmp_path) is None
+
+
+def test_lpips_takes_the_vgg16_trunk_from_the_fetched_timm_weights(tmp_path, monkeypatch):
+    import timm
+
+    import anodiff.methods.diad.method as method
+
+    torch.manual_seed(0)
+    vgg = timm.create_model("vgg16.tv_in1k", pretrained=False)
+    fetched = []
+    monkeypatch.setattr(method, "timm_weights_file", lambda name, weights_dir: tmp_path / "model.safetensors")
+    monkeypatch.setattr(method, "load_timm", lambda name, *a, **k: (fetched.append(name), (vgg, True))[1])
+    perceptual = load_lpips(tiny_config(), tmp_path)
+    assert fetched == ["vgg16.tv_in1k"]
+    trunk = perceptual.net.state_dict()
+    assert len(trunk) == 26  # VGG16's 13 convolutions
+    torch.testing.assert_close(trunk["slice1.0.weight"], vgg.state_dict()["features.0.weight"], rtol=0, atol=0)
+    torch.testing.assert_close(trunk["slice5.28.bias"], vgg.state_dict()["features.28.bias"], rtol=0, atol=0)
+
+
+def test_patch_discriminator_and_the_adversarial_terms():
+    discriminator = PatchDiscriminator()
+    # taming NLayerDiscriminator(3, 64, 3): 3->64 (bias), 64->128, 128->256, 256->512 (BN, no bias), 512->1
+    convs = [m for m in discriminator.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels, c.stride[0], c.bias is not None) for c in convs] == [
+        (3, 64, 2, True), (64, 128, 2, False), (128, 256, 2, False), (256, 512, 1, False), (512, 1, 1, True)]
+    assert sum(p.numel() for p in discriminator.parameters()) == 2_765_633
+    assert discriminator(torch.rand(2, 3, 32, 32)).shape == (2, 1, 2, 2)
+    vae = load_vae(tiny_config(), Path("/nonexistent-weights"))
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(6)) * 2 - 1
+    seeded = lambda: torch.Generator().manual_seed(7)  # noqa: E731
+    # before the start step: zero (not missing) gradients for the discriminator, as the 0-weighted
+    # official terms, and the loss of the autoencoder alone
+    before = autoencoder_loss(vae, x, seeded(), 1e-6, None, 0.0, discriminator, False, 0.5)
+    before.backward()
+    assert all(p.grad is not None and not p.grad.any() for p in discriminator.parameters())
+    torch.testing.assert_close(before, autoencoder_loss(vae, x, seeded(), 1e-6), rtol=0, atol=0)
+    # from it on: the discriminator learns from the hinge loss only (no gradient of the generator term)
+    vae.zero_grad()
+    discriminator.zero_grad()
+    after = autoencoder_loss(vae, x, seeded(), 1e-6, None, 0.0, discriminator, True, 0.5)
+    after.backward()
+    full = [p.grad.clone() for p in discriminator.parameters()]
+    z = vae.encode(x).latent_dist
+    reconstruction = vae.decode(z.mean + z.std * torch.randn(z.mean.shape, generator=seeded())).sample
+    discriminator.zero_grad()
+    hinge_d_loss(discriminator(x), discriminator(reconstruction.detach())).backward()
+    for a, b in zip(full, [p.grad for p in discriminator.parameters()]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+    assert after != before
+
+
+def test_optimizer_step_counts_accumulated_passes_and_epoch_ends():
+    # 10 images in minibatches of 4: 3 passes per epoch; 2 passes per step: steps after passes 2 and 3
+    steps = [optimizer_step(p, 10, 4, 2) for p in range(9)]
+    assert steps == [0, 0, 1, 2, 2, 3, 4, 4, 5]
+    assert [optimizer_step(p, 8, 4, 1) for p in range(4)] == [0, 1, 2, 3]
 
 
 # ----------------------------------------------------------------------------- training
@@ -273,6 +469,22 @@ def test_trainable_parts_of_each_setting():
 
 
 # ----------------------------------------------------------------------------- end to end
+def test_pretrain_counts_passes_and_accumulates(tmp_path, monkeypatch):
+    import anodiff.methods.diad.method as method
+
+    seen = []
+    original = method.autoencoder_loss
+    monkeypatch.setattr(method, "autoencoder_loss", lambda *args: (seen.append(args[7]), original(*args))[1])
+    config = tiny_config({"autoencoder_finetune": {"epochs": 2, "batch_size": 2, "accumulate_grad_batches": 2,
+                                                   "discriminator_start": 3}})
+    state = ENTRY.pretrain(config, image_set(6), torch.device("cpu"), tmp_path, QUIET)
+    # 3 passes per epoch, a step after the 2nd and the 3rd: epoch 2's passes see steps 2, 2, 3
+    assert seen == [False, False, False, False, False, True]
+    assert len(state["losses"]) == 2 and set(state) == {"vae", "losses"}
+    assert ENTRY.pretrain(tiny_config({"autoencoder_finetune": {"epochs": 0}}), image_set(6),
+                          torch.device("cpu"), tmp_path, QUIET) == {"vae": None, "losses": []}
+
+
 def test_pretrain_fit_predict_and_persistence(tmp_path):
     """As the pipeline runs it: pretrain on the pretrain keys only, build and fit on the config
     without its inference keys, predict with a detector of the full config loading the state.
@@ -314,6 +526,10 @@ def test_pretrain_fit_predict_and_persistence(tmp_path):
 def test_what_the_pretrain_and_training_hashes_depend_on():
     base = tiny_config()
     assert ENTRY.has_pretrain
+    # one autoencoder fine-tune per dataset serves every variant: the variant is no pretrain key
+    baselines = [tiny_config({"variant": v, "training": {"train_sd": "all"}}) for v in ("sd", "ldm", "ddpm")]
+    assert {ENTRY.pretrain_hash(c) for c in baselines} == {ENTRY.pretrain_hash(base)}
+    assert len({ENTRY.training_hash(c) for c in [base, *baselines]}) == 4
     scoring = tiny_config({"inference": {"forward_timesteps": 600}, "anomaly_map": {"backbone": "resnet34"}})
     assert ENTRY.training_hash(scoring) == ENTRY.training_hash(base)  # Fig. 6 and Table 6 reuse the weights
     decoder = tiny_config({"semantic_guided": {"sff_norm": "batch_relu"}})  # Table 5: new weights, same VAE
@@ -324,17 +540,22 @@ def test_what_the_pretrain_and_training_hashes_depend_on():
     assert ENTRY.training_hash(finetune) != ENTRY.training_hash(base)
 
 
-@pytest.mark.parametrize("variant", ["ldm", "ddpm"])
+@pytest.mark.parametrize("variant", ["sd", "ldm", "ddpm"])
 def test_baseline_variants_reconstruct_and_score(variant, tmp_path):
-    config = tiny_config({"variant": variant, "training": {"train_sd": "all"}})
+    config = tiny_config({"variant": variant, "training": {"train_sd": "all"},
+                          "autoencoder_finetune": {"epochs": 1}})
     detector = ENTRY.build(config, torch.device("cpu"), tmp_path)
     assert detector.denoiser.semantic_guided is None and (detector.vae is None) == (variant == "ddpm")
+    assert (detector.denoiser.prompt_context is not None) == (variant == "sd")
     detector.load_pretrained(ENTRY.pretrain(config, image_set(4), torch.device("cpu"), tmp_path, QUIET))
     detector.fit(image_set(4), QUIET)
     prediction = detector.predict(image_set(3, seed=2))
     assert prediction.anomaly_map.shape == (3, 32, 32) and np.isfinite(prediction.image_score).all()
-    sources = {w.source for w in ENTRY.pretrained_weights(config)}
-    assert sources == ({"timm"} if variant == "ddpm" else {"timm", "diffusers"})
+    # every variant's pretrain job fine-tunes the autoencoder (with LPIPS): its weights are listed
+    subfolders = {w.subfolder for w in ENTRY.pretrained_weights(config) if w.source == "diffusers"}
+    assert subfolders == {"sd": {"vae", "unet", "text_encoder", "tokenizer"}, "ldm": {"vae", "unet"},
+                          "ddpm": {"vae"}}[variant]
+    assert "vgg16.tv_in1k" in {w.name for w in ENTRY.pretrained_weights(config)}
 
 
 # ----------------------------------------------------------------------------- config
@@ -347,9 +568,19 @@ def test_config_rejects_inconsistent_settings(tmp_path):
         tiny_config({"anomaly_map": {"pool_size": 8, "pool_rounds": 8}})
     with pytest.raises(ConfigError, match="train_sd"):
         tiny_config({"variant": "ldm", "training": {"train_sd": "none"}})
+    with pytest.raises(ConfigError, match="train_sd"):
+        tiny_config({"variant": "sd", "training": {"train_sd": "none"}})
+    with pytest.raises(ConfigError, match="do not fit below"):
+        tiny_config({"inference": {"forward_timesteps": 5, "ddim_steps": 10}})
+    with pytest.raises(ConfigError, match="reaches above"):
+        tiny_config({"inference": {"timestep_spacing": "leading", "forward_timesteps": 100},
+                     "diffusion": {"steps_offset": 30}})
+    with pytest.raises(ConfigError, match="accumulate_grad_batches >= 1"):
+        tiny_config({"training": {"accumulate_grad_batches": 0}})
+
     with pytest.raises(ConfigError, match="not one of"):
         tiny_config({"semantic_guided": {"sff_norm": "layer_gelu"}})
-    with pytest.raises(ConfigError, match="ddim_steps=1001 exceeds"):
+    with pytest.raises(ConfigError, match="ddim_steps=1001 distinct steps do not fit"):
         tiny_config({"inference": {"ddim_steps": 1001}})
     with pytest.raises(ValueError, match="C\\(x0\\) downsamples by 4"):
         ENTRY.build(tiny_config({"semantic_guided": {"conditioning_channels": [8, 8, 16]}}),
@@ -362,13 +593,21 @@ def test_config_rejects_inconsistent_settings(tmp_path):
 def test_paper_defaults_and_weights_list():
     config = load_method_config(DiADConfig, DEFAULTS)
     assert (config.image_size, config.training.lr, config.training.batch_size, config.training.epochs) == (256, 1e-5, 12, 1000)
+    assert config.training.accumulate_grad_batches == 4  # official effective batch 48
+    f = config.autoencoder_finetune
+    assert (f.batch_size, f.accumulate_grad_batches, f.lr, f.kl_weight) == (4, 8, 1.8e-4, 1e-6)
+    assert (f.perceptual_weight, f.discriminator, f.discriminator_start, f.discriminator_weight) == (1.0, True, 50001, 0.5)
     assert (config.inference.forward_timesteps, config.inference.ddim_steps, ENTRY.nfe(config)) == (1000, 10, 10)
+    assert (config.inference.timestep_spacing, config.inference.test_latent) == ("trailing", "sample")
     assert config.anomaly_map.backbone == "resnet50" and tuple(config.anomaly_map.layers) == (1, 2, 3)
     assert (config.anomaly_map.gaussian_sigma, config.anomaly_map.pool_size, config.anomaly_map.pool_rounds) == (5.0, 8, 8)
     assert tuple(config.semantic_guided.decoder_connections) == (4,) and config.semantic_guided.sff
     assert [(w.source, w.name, w.subfolder) for w in ENTRY.pretrained_weights(config)] == [
         ("diffusers", "stable-diffusion-v1-5/stable-diffusion-v1-5", "vae"),
         ("diffusers", "stable-diffusion-v1-5/stable-diffusion-v1-5", "unet"),
+        ("diffusers", "stable-diffusion-v1-5/stable-diffusion-v1-5", "text_encoder"),
+        ("diffusers", "stable-diffusion-v1-5/stable-diffusion-v1-5", "tokenizer"),
+        ("timm", "vgg16.tv_in1k", ""),  # LPIPS' trunk, for the pretrain job
         ("timm", "resnet50", ""),
     ]
     assert ENTRY.feature_spec(config).kind == "pixels" and ENTRY.feature_spec(config).image_size == 256

@@ -12,6 +12,7 @@ from timm.models import get_pretrained_cfg
 from anodiff.data.mvtec import MVTecDataset
 from anodiff.data.synthetic import generate_dataset
 from anodiff.features import FeatureExtractor, extract_features, load_feature_sets, save_feature_set
+from anodiff.files import UnreadableFile
 from anodiff.methods.spec import FeatureSpec
 from anodiff.weights import PretrainedWeights, WeightsError, load_diffusers
 
@@ -65,8 +66,8 @@ def test_feature_cache_round_trip_and_unified_concatenation(tmp_path):
     merged = load_feature_sets(paths)
     assert len(merged) == 6 and merged.categories == ["weave"] * 3 + ["chip"] * 3
     assert np.array_equal(merged.labels, np.zeros(6))
-    with pytest.raises(FileNotFoundError, match="cache_features"):
-        load_feature_sets([tmp_path / "missing.pt"])
+    with pytest.raises(UnreadableFile, match="missing; it is written by the `cache_features` job"):
+        load_feature_sets([tmp_path / "results/features/synthetic/spec/weave/train.pt"])
 
 
 def test_random_backbones_are_identical_across_jobs(tmp_path):

@@ -132,7 +132,7 @@ def test_the_paper_plan_shares_training_and_pretraining_as_the_papers_score_abla
     assert run("mvtec_ad", "inversion", "nll-s3").owner == "paper"
     assert run("mvtec_ad", "diad", "forward-200").owner == "paper"
     assert run("mvtec_ad", "dpdiff", "ddim-5").owner == "paper"
-    assert run("visa", "d3ad", "static-20").trains  # DA reconstructs with T-hat: training changes
+    assert run("visa", "d3ad", "static-20").trains  # its DIC bins and map ranges are fitted in training
     # DiAD's autoencoder fine-tune: once per dataset for every variant that does not change it
     diad = [r for r in plan.runs.values() if r.method == "diad" and r.dataset == "mvtec_ad"
             and r.config["variant"] == "diad"]

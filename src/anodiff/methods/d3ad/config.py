@@ -3,8 +3,9 @@
 The values live in ``config/methods/d3ad.yaml`` (paper values, each with its source); these
 dataclasses only give them types and check them, so no field has a Python default and the
 YAML file is the single place a number is written down. The forward process is the shared
-``diffusion`` section; the latent UNet has the same fields as the inversion method's UNet,
-so that section (``spec.UNetConfig``) is shared.
+``diffusion`` section; the latent UNet has the fields of the inversion method's UNet
+(``spec.UNetConfig``) plus the official guided-diffusion UNet's head count and resampling
+(:class:`LatentUNetConfig`).
 
 Ablation switches: Table 4 -> ``conditioning.dynamic: false`` with ``static_timestep`` 20 /
 40 / 60 / 80; Table 5 "DS" (downscaling = noiseless scaling) -> ``reconstruction.noise_fraction``
@@ -14,8 +15,9 @@ Fig. 14 -> ``reconstruction.noise_fraction`` (omega of Eq. 11).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from anodiff.methods.d3ad.dic import timestep_for_bin
 from anodiff.methods.spec import DiffusionConfig, UNetConfig
@@ -65,6 +67,30 @@ class FeatureExtractorConfig:
 
 
 @dataclass
+class LatentUNetConfig(UNetConfig):
+    """The latent noise predictor: ``spec.UNetConfig`` and what the official guided-diffusion
+    UNet fixes beyond it (Sec. 5 "an unconditional Unet from Rombach et al.")."""
+
+    num_heads: int  # heads of every attention layer (channels / num_heads each); 0 = attention_head_dim wide heads
+    resample: Literal["resnet", "conv"]  # down/upsampling: BigGAN residual blocks or a (strided) convolution
+
+    def __post_init__(self) -> None:
+        if not self.num_heads:
+            super().__post_init__()
+        else:  # UNetConfig's checks, except that attention_head_dim is unused: heads of any width
+            UNetConfig(**{**{f.name: getattr(self, f.name) for f in dataclasses.fields(UNetConfig)},
+                          "attention_head_dim": 1})
+        with_attention = [c for c, a in zip(self.block_out_channels, self.attention_levels()) if a]
+        if self.mid_block_attention:
+            with_attention.append(self.block_out_channels[-1])
+        if self.num_heads < 0 or (self.num_heads and any(c % self.num_heads for c in with_attention)):
+            raise ValueError(
+                f"unet.num_heads={self.num_heads} must be 0 or divide the channels of every level with "
+                f"attention {with_attention}"
+            )
+
+
+@dataclass
 class TrainingConfig:
     """AdamW on the latent eps-loss Eq. 6 (App. A.1)."""
 
@@ -84,12 +110,20 @@ class TrainingConfig:
 
 @dataclass
 class DomainAdaptationConfig:
-    """Fine-tuning phi for gamma epochs with L_DA (Eq. 10, Sec. 4.3)."""
+    """Fine-tuning phi for gamma epochs with L_DA (Eq. 10, Sec. 4.3).
+
+    Its reconstructions start at a step drawn per minibatch, uniformly over the bins 1..num_bins
+    of its own T_max (the official ``DA_rnd_step``), whatever the conditioning of the variant:
+    the Table 4 variants (static T_hat) share it.
+    """
 
     epochs: int  # gamma; 0 keeps the ImageNet extractor (Table 5 "DA" off)
     batch_size: int
     lr: float
     weight_decay: float  # AdamW
+    t_max: int  # the largest start step of the reconstructions
+    num_bins: int  # start steps floor(b / num_bins t_max) for a uniform bin b in 1..num_bins
+    round_to: int  # start steps rounded to the nearest multiple of it
     seed: int  # minibatch order, reconstruction start steps and noise
 
     def __post_init__(self) -> None:
@@ -98,6 +132,16 @@ class DomainAdaptationConfig:
                 "need domain_adaptation.epochs >= 0, batch_size >= 1, lr > 0 and weight_decay >= 0, "
                 f"got {self.epochs}, {self.batch_size}, {self.lr} and {self.weight_decay}"
             )
+        if self.t_max < 1 or self.num_bins < 1 or self.round_to < 1:
+            raise ValueError(
+                "need domain_adaptation.t_max, num_bins and round_to >= 1, got "
+                f"{self.t_max}, {self.num_bins} and {self.round_to}"
+            )
+
+    def timestep_range(self) -> tuple[int, int]:
+        """The smallest and largest start step of the reconstructions."""
+        low, high = timestep_for_bin([1, self.num_bins], self.t_max, self.num_bins, 1, self.round_to)
+        return int(low), int(high)
 
 
 @dataclass
@@ -140,7 +184,7 @@ class ReconstructionConfig:
     num_ddim_steps: int  # S: DDIM steps from T_hat down to the clean latent (= NFE)
     guidance: float  # eta of Eq. 8; 0 = none
     noise_fraction: float  # omega of Eq. 11; 0 = noiseless scaling (Table 5 "DS")
-    noise_seed: int  # the one noise shared by all test images when omega > 0
+    noise_seed: int  # the noise of omega > 0: one draw per image, in the order of the image set
     batch_size: int  # images per reconstruction batch (no effect on results)
 
     def __post_init__(self) -> None:
@@ -178,7 +222,7 @@ class D3ADConfig:
     image_size: int  # side length the images are resized to
     pretrained: PretrainedConfig
     feature_extractor: FeatureExtractorConfig
-    unet: UNetConfig  # the latent noise predictor eps_theta
+    unet: LatentUNetConfig  # the latent noise predictor eps_theta
     diffusion: DiffusionConfig
     training: TrainingConfig
     domain_adaptation: DomainAdaptationConfig
@@ -187,11 +231,14 @@ class D3ADConfig:
     anomaly_map: AnomalyMapConfig
 
     def __post_init__(self) -> None:
-        low, high = self.conditioning.timestep_range()
         steps, T = self.reconstruction.num_ddim_steps, self.diffusion.num_train_timesteps
-        if low < steps or high > T:
-            raise ValueError(
-                f"the start step T_hat ranges over [{low}, {high}] (conditioning), but must lie in "
-                f"[reconstruction.num_ddim_steps={steps}, diffusion.num_train_timesteps={T}]: each "
-                "image takes num_ddim_steps distinct DDIM steps from T_hat down"
-            )
+        ranges = [("conditioning", self.conditioning.timestep_range())]
+        if self.domain_adaptation.epochs:
+            ranges.append(("domain_adaptation", self.domain_adaptation.timestep_range()))
+        for section, (low, high) in ranges:
+            if low < steps or high > T:
+                raise ValueError(
+                    f"the start step T_hat ranges over [{low}, {high}] ({section}), but must lie in "
+                    f"[reconstruction.num_ddim_steps={steps}, diffusion.num_train_timesteps={T}]: each "
+                    "image takes num_ddim_steps distinct DDIM steps from T_hat down"
+                )

@@ -5,7 +5,8 @@
 1. encode the training images once with the frozen KL autoencoder (latents cached);
 2. train the unconditional latent UNet with the eps-loss Eq. 6 (AdamW);
 3. domain adaptation (Sec. 4.3): fine-tune the ResNet-34 phi for gamma epochs with L_DA
-   (Eq. 10) between the training images and their reconstructions by the trained UNet;
+   (Eq. 10) between the training images and their reconstructions by the trained UNet, from
+   start steps drawn per minibatch (the official code's random bins, whatever the conditioning);
 4. dynamic implicit conditioning (Sec. 4.1): the bins over the mean KNN distances of the
    training images, in the feature space of the *adapted* phi ("phi is a pretrained domain
    adapted feature extractor"), as the official code (DA first, then the KNN model);
@@ -37,7 +38,7 @@ from sklearn.neighbors import NearestNeighbors
 from tqdm.auto import tqdm
 
 from anodiff.methods.base import FeatureSet, Prediction, TrainCallbacks, checked_pixels
-from anodiff.methods.d3ad.config import D3ADConfig
+from anodiff.methods.d3ad.config import D3ADConfig, DomainAdaptationConfig
 from anodiff.methods.d3ad.dic import bin_edges, find_bin, fit_knn, mean_knn_distance, timestep_for_bin
 from anodiff.methods.d3ad.reconstruction import reconstruct
 from anodiff.methods.d3ad.scoring import (
@@ -48,8 +49,14 @@ from anodiff.methods.d3ad.scoring import (
     normalize,
     smooth,
 )
-from anodiff.methods.d3ad.torch_model import AdaptableExtractor, decode, encode, knn_features, vae_downsampling
-from anodiff.methods.inversion.torch_model import build_unet
+from anodiff.methods.d3ad.torch_model import (
+    AdaptableExtractor,
+    build_latent_unet,
+    decode,
+    encode,
+    knn_features,
+    vae_downsampling,
+)
 from anodiff.training import train_epochs
 from anodiff.weights import load_diffusers, load_timm
 
@@ -77,7 +84,7 @@ class D3ADDetector:
         with torch.random.fork_rng(devices=[]):  # initial UNet weights depend only on training.seed
             torch.manual_seed(config.training.seed)
             channels = self.vae.config.latent_channels
-            self.unet: UNet2DModel = build_unet(config.unet, channels, self.latent_size)
+            self.unet: UNet2DModel = build_latent_unet(config.unet, channels, self.latent_size)
         self.unet.to(self.device).eval()
         self.train_knn_features: torch.Tensor | None = None  # Y_Train (N, D)
         self.train_knn_distances: torch.Tensor | None = None  # y_bar_0 of the training images (N,)
@@ -135,15 +142,13 @@ class D3ADDetector:
         self.train_losses = state.losses
 
     def _adaptation_timesteps(self, count: int, generator: torch.Generator) -> torch.Tensor:
-        """Start steps of the reconstructions domain adaptation compares with (Sec. 5: "identical
-        Unet settings"): a uniformly drawn DIC bin per image, or the static T_hat. (The official
-        code draws bins 1..|B| per batch; bins below the minimum bin never occur at inference.)"""
-        c = self.config.conditioning
-        if not c.dynamic:
-            return torch.full((count,), c.static_timestep, device=self.device)
-        bins = torch.randint(c.min_bin, c.num_bins + 1, (count,), generator=generator)
-        return torch.from_numpy(timestep_for_bin(bins.numpy(), c.t_max, c.num_bins, c.min_bin,
-                                                 c.round_to)).to(self.device)
+        """Start steps (count,) of one minibatch's reconstructions for domain adaptation.
+
+        As the official code (``DA_rnd_step``): one bin per minibatch, uniform over 1..|B| of
+        ``domain_adaptation`` (its own T_max; no minimum bin), whatever the variant's
+        conditioning, so the static-T_hat variants of Table 4 adapt phi exactly as DIC does.
+        """
+        return adaptation_timesteps(self.config.domain_adaptation, count, generator).to(self.device)
 
     def _adapt_extractor(self, images: torch.Tensor, latent_mean: torch.Tensor,
                          callbacks: TrainCallbacks) -> None:
@@ -158,7 +163,7 @@ class D3ADDetector:
 
         def loss(indices: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
             z0 = latent_mean[indices]
-            noise = torch.randn(z0.shape, generator=generator).to(self.device)
+            noise = torch.randn(z0.shape, generator=generator).to(self.device)  # per image
             with torch.no_grad():
                 start = self._adaptation_timesteps(len(indices), generator)
                 reconstruction = decode(self.vae, self._reconstruct_latents(z0, start, noise))
@@ -240,25 +245,28 @@ class D3ADDetector:
                            self.noise_scheduler.alphas_cumprod, r.num_ddim_steps, r.guidance,
                            r.noise_fraction, noise)
 
-    def _test_noise(self) -> torch.Tensor:
-        """The one noise (1, 4, h, w) of omega > 0, shared by all images so that a score never
-        depends on the other images of the batch."""
+    def _test_noise(self, count: int, generator: torch.Generator) -> torch.Tensor:
+        """The noise (count, 4, h, w) of omega > 0: one draw per image (as the official
+        ``randn_like`` of each batch), drawn image by image from one generator per image set, so
+        an image's noise depends on its place in the set, never on the batch size."""
         shape = (1, self.vae.config.latent_channels, self.latent_size, self.latent_size)
-        generator = torch.Generator().manual_seed(self.config.reconstruction.noise_seed)
-        return torch.randn(shape, generator=generator).to(self.device)
+        return torch.cat([torch.randn(shape, generator=generator) for _ in range(count)]).to(self.device)
 
     @torch.no_grad()
     def _raw_maps(self, images: torch.Tensor, progress: bool) -> Iterator[dict[str, torch.Tensor]]:
         """Per batch, on the CPU: l_map and f_map (B, H, W) before normalisation, T_hat and y_bar_0 (B,)."""
         size, batch_size = self.config.image_size, self.config.reconstruction.batch_size
         map_layers = self.config.feature_extractor.map_layers
-        noise = self._test_noise()
+        generator = torch.Generator().manual_seed(self.config.reconstruction.noise_seed)
         for start in tqdm(range(0, len(images), batch_size), desc="predict", unit="batch",
                           disable=not progress, leave=False):
             x0 = images[start : start + batch_size].to(self.device)
             input_features = self.extractor(x0)
             timesteps, distances = self._start_timesteps(input_features)  # Algorithm 1 line 2
             z0 = encode(self.vae, x0)[0]  # line 3, the posterior mean
+            noise = torch.zeros_like(z0)  # unused by noiseless scaling (omega = 0)
+            if self.config.reconstruction.noise_fraction:
+                noise = self._test_noise(len(x0), generator)
             z0_hat = self._reconstruct_latents(z0, timesteps, noise)  # lines 4-9
             output_features = self.extractor(decode(self.vae, z0_hat))  # line 10
             batch = {
@@ -323,5 +331,14 @@ class D3ADDetector:
 
 
 # ----------------------------------------------------------------------------- entry points
+def adaptation_timesteps(config: DomainAdaptationConfig, count: int, generator: torch.Generator) -> torch.Tensor:
+    """Start steps (count,) of one domain-adaptation minibatch: one bin b uniform in 1..|B|, T_hat
+    = floor(b / |B| T_max) rounded to ``round_to`` (official ``DA_rnd_step`` and ``roundup``).
+    Reads ``domain_adaptation`` only (tests/test_d3ad.py: Table 4's variants share it)."""
+    b = int(torch.randint(1, config.num_bins + 1, (1,), generator=generator))
+    start = timestep_for_bin([b], config.t_max, config.num_bins, 1, config.round_to)
+    return torch.from_numpy(start).repeat(count)
+
+
 def build(config: D3ADConfig, device: torch.device, weights_dir: Path) -> D3ADDetector:
     return D3ADDetector(config, device, weights_dir)

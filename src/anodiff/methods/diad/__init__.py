@@ -1,14 +1,16 @@
 """DiAD: He et al., "A Diffusion-based Framework for Multi-class Anomaly Detection", AAAI-24 (seed 001).
 
-Stable Diffusion's KL autoencoder (fine-tuned on the training images in a ``pretrain`` job)
-and frozen UNet, guided by a trainable Semantic-Guided network (a ControlNet-style copy of
-SD's encoder with an SFF block); anomaly maps compare ResNet50 features of input and
-reconstruction. One model for all categories (unified). The variants ``ldm`` and ``ddpm`` are
-the paper's LDM and DDPM baselines. Paper defaults: ``config/methods/diad.yaml``. The
-detector and the pretrain stage are in :mod:`anodiff.methods.diad.method`.
+Stable Diffusion's KL autoencoder (fine-tuned on the training images in a ``pretrain`` job
+with the LDM autoencoder objective: L1 + LPIPS + KL, and a patch discriminator late in
+training) and frozen UNet, guided by a trainable Semantic-Guided network (a ControlNet-style
+copy of SD's encoder with an SFF block), with the CLIP embedding of the empty prompt as
+cross-attention context; anomaly maps compare ResNet50 features of input and reconstruction.
+One model for all categories (unified). The variant ``sd`` is SD alone (Table 5), ``ldm`` and
+``ddpm`` are the paper's LDM and DDPM baselines. Paper defaults: ``config/methods/diad.yaml``.
+The detector and the pretrain stage are in :mod:`anodiff.methods.diad.method`.
 """
 
-from anodiff.methods.diad.config import DiADConfig
+from anodiff.methods.diad.config import DiADConfig, inference_timesteps
 from anodiff.methods.spec import FeatureSpec, MethodEntry
 from anodiff.weights import PretrainedWeights
 
@@ -19,9 +21,20 @@ def feature_spec(config: DiADConfig) -> FeatureSpec:
 
 
 def pretrained_weights(config: DiADConfig) -> tuple[PretrainedWeights, ...]:
-    """SD's autoencoder and UNet (not for ``ddpm``) and the anomaly-map backbone."""
-    p = config.pretrained
-    found = [p.weights(p.vae_subfolder), p.weights(p.unet_subfolder)] if config.latent else []
+    """What the variant and its pretrain job load: SD's autoencoder (fine-tuned by the pretrain
+    job, which every variant has, ``ddpm`` included: it shares diad's by hash) and UNet, the CLIP
+    text encoder and tokenizer (``diad``, ``sd``), LPIPS' VGG16 (pretrain) and the anomaly-map
+    backbone."""
+    p, c, f = config.pretrained, config.context, config.autoencoder_finetune
+    found = []
+    if config.latent or f.epochs > 0:
+        found.append(p.weights(p.vae_subfolder))
+    if config.latent:
+        found.append(p.weights(p.unet_subfolder))
+    if config.prompt_context:
+        found += [p.weights(c.text_encoder_subfolder), p.weights(c.tokenizer_subfolder)]
+    if f.epochs > 0 and f.perceptual_weight > 0:
+        found.append(PretrainedWeights("timm", f.perceptual_backbone, allow_random_weights=p.allow_random_weights))
     m = config.anomaly_map
     if m.pretrained:
         found.append(PretrainedWeights("timm", m.backbone, allow_random_weights=m.allow_random_weights))
@@ -29,12 +42,10 @@ def pretrained_weights(config: DiADConfig) -> tuple[PretrainedWeights, ...]:
 
 
 def nfe(config: DiADConfig) -> int:
-    """Denoiser evaluations per image: the DDIM steps at or below T' - 1 (10 by default)."""
-    # diffusers' DDIMScheduler "leading" grid k * (T // S) + steps_offset (k < S), written out so
-    # that planning the workflow needs no diffusers (tests/test_diad.py compares the two)
-    d, i = config.diffusion, config.inference
-    stride = d.num_train_timesteps // i.ddim_steps
-    return sum(k * stride + d.steps_offset < i.forward_timesteps for k in range(i.ddim_steps))
+    """Denoiser evaluations per image: the S DDIM steps below T' (10 by default)."""
+    i = config.inference
+    return len(inference_timesteps(i.forward_timesteps, i.ddim_steps, i.timestep_spacing,
+                                   config.diffusion.steps_offset)[1])
 
 
 ENTRY = MethodEntry(
@@ -45,7 +56,8 @@ ENTRY = MethodEntry(
     pretrained_weights=pretrained_weights,
     nfe=nfe,  # one SD + SG evaluation per DDIM step
     inference_keys=("inference", "anomaly_map"),  # Table 6 map backbones, Fig. 6 forward timesteps
-    pretrain_keys=("variant", "image_size", "pretrained", "autoencoder_finetune"),  # what pretrain() reads
+    # what pretrain() reads: not the variant, so every variant shares one fine-tune per dataset
+    pretrain_keys=("image_size", "pretrained", "autoencoder_finetune"),
     implementation="anodiff.methods.diad.method",
 )
 

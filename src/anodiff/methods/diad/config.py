@@ -15,11 +15,16 @@ from typing import Any, Literal
 from anodiff.methods.spec import DiffusionConfig
 from anodiff.weights import PretrainedWeights
 
-# "diad": SD + Semantic-Guided network (the method); "ldm": SD alone, Table 5 "SD" and the
-# LDM baseline of Tables 1-4; "ddpm": a pixel-space UNet, the DDPM baseline of Tables 1-4.
-Variant = Literal["diad", "ldm", "ddpm"]
+# "diad": SD + Semantic-Guided network (the method); "sd": SD alone with the empty-prompt
+# context, Table 5 "SD"; "ldm": SD with a learned class embedding as its context, the LDM
+# baseline of Tables 1-4 ("an embedder as a class condition", Fig. 1b); "ddpm": a pixel-space
+# UNet, the DDPM baseline of Tables 1-4.
+Variant = Literal["diad", "sd", "ldm", "ddpm"]
 SFFNorm = Literal["instance_silu", "batch_relu"]  # Table 5: IN+SiLU (DiAD) or BN+ReLU
 TrainSD = Literal["none", "decoder", "all"]  # which parts of the SD UNet are trained
+TimestepSpacing = Literal["trailing", "leading"]  # the DDIM grid below T' (inference_timesteps)
+TestLatent = Literal["sample", "mean"]  # the test image's latent: a posterior sample or its mean
+LPIPSNet = Literal["vgg", "alex", "squeeze"]  # trunks of the lpips package
 
 
 @dataclass
@@ -32,11 +37,30 @@ class PretrainedConfig:
     allow_random_weights: bool  # offline demo only: seeded random stand-ins, see anodiff.weights
     random_vae: dict[str, Any]  # diffusers AutoencoderKL arguments of the random stand-in
     random_unet: dict[str, Any]  # diffusers UNet2DConditionModel arguments of the random stand-in
+    random_lpips_net: LPIPSNet  # lpips trunk of the random stand-in of the LPIPS backbone
 
     def weights(self, subfolder: str) -> PretrainedWeights:
         """One component (``vae_subfolder`` or ``unet_subfolder``) of the Stable Diffusion repo."""
         return PretrainedWeights("diffusers", self.model_id, subfolder,
                                  allow_random_weights=self.allow_random_weights)
+
+
+@dataclass
+class ContextConfig:
+    """SD's cross-attention context for ``diad`` and ``sd``: the CLIP text encoder's last hidden
+    state of a fixed prompt (the official code encodes the empty prompt), computed once when the
+    detector is built. ``ldm`` uses a learned class embedding instead, ``ddpm`` none."""
+
+    prompt: str
+    text_encoder_subfolder: str  # transformers CLIPTextModel in the ``pretrained.model_id`` repo
+    tokenizer_subfolder: str  # its CLIPTokenizer
+    random_text_encoder: dict[str, Any]  # CLIPTextConfig of the stand-in (hidden size: the UNet's context width)
+    random_tokenizer: dict[str, int]  # special token ids and length of the stand-in's empty prompt
+
+    def __post_init__(self) -> None:
+        missing = {"bos_token_id", "eos_token_id", "pad_token_id", "model_max_length"} - set(self.random_tokenizer)
+        if missing:
+            raise ValueError(f"context.random_tokenizer needs {sorted(missing)}")
 
 
 @dataclass
@@ -89,20 +113,34 @@ class DiADDiffusionConfig(DiffusionConfig):
 
 @dataclass
 class AutoencoderFinetuneConfig:
-    """Fine-tuning the KL autoencoder on the training images (the ``pretrain`` stage)."""
+    """Fine-tuning the KL autoencoder on the training images (the ``pretrain`` stage) with the
+    LDM autoencoder objective (taming/LDM ``LPIPSWithDiscriminator``)."""
 
     epochs: int  # 0 keeps the pretrained autoencoder
-    batch_size: int
+    batch_size: int  # images per forward pass
+    accumulate_grad_batches: int  # forward passes per optimiser step (effective batch = product)
     lr: float
     betas: tuple[float, float]  # Adam
-    kl_weight: float  # weight of the KL term against the per-image summed L1 error
+    kl_weight: float  # weight of the KL term against the per-image summed reconstruction error
+    perceptual_weight: float  # LPIPS weight in the per-pixel reconstruction error; 0 = L1 only
+    perceptual_backbone: str  # timm name of the ImageNet weights of LPIPS' VGG16 trunk
+    discriminator: bool  # the PatchGAN term (hinge loss, adaptive weight)
+    discriminator_start: int  # optimiser step from which the adversarial terms count
+    discriminator_weight: float  # scale of the adaptive generator weight
     seed: int
 
     def __post_init__(self) -> None:
-        if self.epochs < 0 or self.batch_size < 1 or self.lr <= 0 or self.kl_weight < 0:
+        if (self.epochs < 0 or self.batch_size < 1 or self.accumulate_grad_batches < 1 or self.lr <= 0
+                or self.kl_weight < 0 or self.perceptual_weight < 0):
             raise ValueError(
-                "need autoencoder_finetune.epochs >= 0, batch_size >= 1, lr > 0 and kl_weight >= 0, "
-                f"got {self.epochs}, {self.batch_size}, {self.lr} and {self.kl_weight}"
+                "need autoencoder_finetune.epochs >= 0, batch_size >= 1, accumulate_grad_batches >= 1, "
+                f"lr > 0, kl_weight >= 0 and perceptual_weight >= 0, got {self.epochs}, {self.batch_size}, "
+                f"{self.accumulate_grad_batches}, {self.lr}, {self.kl_weight} and {self.perceptual_weight}"
+            )
+        if self.discriminator_start < 0 or self.discriminator_weight < 0:
+            raise ValueError(
+                "need autoencoder_finetune.discriminator_start >= 0 and discriminator_weight >= 0, got "
+                f"{self.discriminator_start} and {self.discriminator_weight}"
             )
 
 
@@ -111,17 +149,20 @@ class TrainingConfig:
     """The denoiser's eps-prediction training (Eq. 6)."""
 
     epochs: int
-    batch_size: int
+    batch_size: int  # images per forward pass
+    accumulate_grad_batches: int  # forward passes per optimiser step (effective batch = product)
     lr: float
     weight_decay: float  # AdamW
     train_sd: TrainSD  # SD UNet parts trained with the SG network ("ddpm" trains its own UNet)
-    seed: int  # SG initialisation (C(x0)), minibatch order, latent samples, noise, timesteps
+    seed: int  # SG / class embedding initialisation, minibatch order, latent samples, noise, timesteps
 
     def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or self.weight_decay < 0:
+        if (self.epochs < 1 or self.batch_size < 1 or self.accumulate_grad_batches < 1 or self.lr <= 0
+                or self.weight_decay < 0):
             raise ValueError(
-                "need training.epochs >= 1, batch_size >= 1, lr > 0 and weight_decay >= 0, got "
-                f"{self.epochs}, {self.batch_size}, {self.lr} and {self.weight_decay}"
+                "need training.epochs >= 1, batch_size >= 1, accumulate_grad_batches >= 1, lr > 0 and "
+                f"weight_decay >= 0, got {self.epochs}, {self.batch_size}, {self.accumulate_grad_batches}, "
+                f"{self.lr} and {self.weight_decay}"
             )
 
 
@@ -129,10 +170,12 @@ class TrainingConfig:
 class InferenceConfig:
     """Reconstruction: noise to T', DDIM back to 0 (Sec. "Implementation Details")."""
 
-    forward_timesteps: int  # T': the input latent is noised to timestep T' - 1 (0-based)
-    ddim_steps: int  # S of the DDIM grid; the steps at or below T' - 1 are run
+    forward_timesteps: int  # T': the first denoising step is at timestep T' - 1 (0-based, trailing)
+    ddim_steps: int  # S: DDIM steps from T' down, whatever T'
+    timestep_spacing: TimestepSpacing  # see inference_timesteps
+    test_latent: TestLatent  # the test image's latent E(x0): posterior sample (official) or mean
     batch_size: int  # test images per reconstruction batch (no effect on results)
-    seed: int  # the forward-process noise of the test images
+    seed: int  # the forward-process noise (and latent samples) of the test images
 
     def __post_init__(self) -> None:
         if self.forward_timesteps < 1 or self.ddim_steps < 1 or self.batch_size < 1:
@@ -140,6 +183,30 @@ class InferenceConfig:
                 "inference.forward_timesteps, ddim_steps and batch_size must be >= 1, got "
                 f"{self.forward_timesteps}, {self.ddim_steps} and {self.batch_size}"
             )
+        if self.ddim_steps > self.forward_timesteps:
+            raise ValueError(
+                f"inference.ddim_steps={self.ddim_steps} distinct steps do not fit below "
+                f"forward_timesteps={self.forward_timesteps}"
+            )
+
+
+def inference_timesteps(
+    forward_timesteps: int, ddim_steps: int, spacing: TimestepSpacing, steps_offset: int
+) -> tuple[int, tuple[int, ...]]:
+    """(timestep the test latent is noised to, the S DDIM steps from high to low), 0-based.
+
+    ``trailing``: S steps evenly spaced over [0, T'), the first at T' - 1, and the latent noised
+    to that same step (the paper's "initial denoising timestep T'"; Fig. 6): T' = 1000, S = 10
+    gives 999, 899, ..., 99; T' = 200 gives 199, 179, ..., 19.
+    ``leading``: the official LDM DDIM grid ``k T'/S + steps_offset`` (T' = 1000: 901, 801, ..., 1)
+    with the latent noised to T' - 1 = 999 as the official code does, i.e. above the first step.
+    Pure Python: the workflow plans NFE from it.
+    """
+    T, S = forward_timesteps, ddim_steps
+    if spacing == "trailing":
+        return T - 1, tuple(round(T * (S - j) / S) - 1 for j in range(S))
+    stride = T // S
+    return T - 1, tuple(k * stride + steps_offset for k in reversed(range(S)))
 
 
 @dataclass
@@ -171,6 +238,7 @@ class DiADConfig:
     variant: Variant
     image_size: int  # side length the images are resized to
     pretrained: PretrainedConfig
+    context: ContextConfig  # SD's cross-attention context (diad, sd)
     ddpm_unet: dict[str, Any]  # diffusers UNet2DModel arguments of the pixel-space DDPM baseline
     semantic_guided: SemanticGuidedConfig
     diffusion: DiADDiffusionConfig
@@ -181,8 +249,13 @@ class DiADConfig:
 
     @property
     def latent(self) -> bool:
-        """Does the variant diffuse in the autoencoder's latent space (DiAD, LDM)?"""
+        """Does the variant diffuse in the autoencoder's latent space (DiAD, SD, LDM)?"""
         return self.variant != "ddpm"
+
+    @property
+    def prompt_context(self) -> bool:
+        """Does SD's cross-attention see the text encoder's prompt embedding (DiAD, SD)?"""
+        return self.variant in ("diad", "sd")
 
     def __post_init__(self) -> None:
         pooled = self.image_size - self.anomaly_map.pool_rounds * (self.anomaly_map.pool_size - 1)
@@ -201,10 +274,14 @@ class DiADConfig:
                 f"inference.forward_timesteps={self.inference.forward_timesteps} must be in "
                 f"[1, diffusion.num_train_timesteps={self.diffusion.num_train_timesteps}]"
             )
-        if self.inference.forward_timesteps - 1 < self.diffusion.steps_offset:
+        i = self.inference
+        _, steps = inference_timesteps(i.forward_timesteps, i.ddim_steps, i.timestep_spacing,
+                                       self.diffusion.steps_offset)
+        if max(steps) > i.forward_timesteps - 1:
             raise ValueError(
-                f"inference.forward_timesteps={self.inference.forward_timesteps} leaves no DDIM step: "
-                f"the first one is at timestep {self.diffusion.steps_offset}"
+                f"the {i.timestep_spacing} DDIM grid {list(steps)} reaches above T' - 1 = "
+                f"{i.forward_timesteps - 1}: lower diffusion.steps_offset or ddim_steps"
             )
-        if self.variant == "ldm" and self.training.train_sd == "none":
-            raise ValueError("variant ldm has no SG network: training.train_sd must be decoder or all")
+        if self.variant in ("sd", "ldm") and self.training.train_sd == "none":
+            raise ValueError(f"variant {self.variant} has no SG network: training.train_sd must be "
+                             "decoder or all")

@@ -12,20 +12,21 @@ Notation map (paper -> code):
 * ``SGEB j`` / ``SDDB j``: the SG encoder outputs at the ``j``-th resolution of the latent /
   the SD decoder skip connections they are added to (:func:`residual_groups`).
 * ``G`` of Eq. 7: :class:`Denoiser` (SD + SG), the noise predictor eps_theta of Eq. 6.
-
-The text conditioning of SD's cross-attention is a fixed all-zero context (one token; see
-:class:`Denoiser`). The official code encodes the empty prompt with CLIP instead, which would
-need the CLIP text encoder (and ``transformers``) only to produce one constant tensor.
+* ``c`` of Eq. 4/6 (SD's cross-attention context): the CLIP text encoder's last hidden state of
+  the empty prompt (1, 77, 768), as the official code (:func:`encode_prompt`); the LDM baseline's
+  "embedder as a class condition" (Fig. 1b) is a learned embedding of the category (B, 1, 768).
+* The autoencoder fine-tune's objective: :func:`autoencoder_loss`, the LDM/taming
+  ``LPIPSWithDiscriminator`` (L1 + LPIPS per pixel, KL, PatchGAN :class:`PatchDiscriminator`).
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import timm
 import torch
 import torch.nn.functional as F
-from diffusers import AutoencoderKL, ControlNetModel, DDIMScheduler, UNet2DConditionModel, UNet2DModel
+from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel, UNet2DModel
 from scipy.ndimage import gaussian_filter
 from torch import nn
 
@@ -162,28 +163,74 @@ def build_semantic_guided(
 class Denoiser(nn.Module):
     """eps_theta of Eq. 6: SD's UNet, with the SG network's outputs added when there is one (G, Eq. 7).
 
-    SD's cross-attention gets a fixed all-zero context of one token: with zero keys and values
-    (SD's ``to_k``/``to_v`` have no bias) cross-attention returns ``to_out``'s bias whatever
-    the token count. The DDPM baseline's pixel-space ``UNet2DModel`` is unconditional.
+    SD's cross-attention context is ``prompt_context`` (1, L, D), the text encoder's embedding
+    of the empty prompt, computed once and shared by every image (DiAD, SD), or, after
+    :meth:`add_class_embedding`, a learned embedding of each image's category (LDM baseline).
+    The DDPM baseline's pixel-space ``UNet2DModel`` is unconditional.
     """
 
     def __init__(
-        self, unet: UNet2DConditionModel | UNet2DModel, semantic_guided: SemanticGuidedNetwork | None
+        self, unet: UNet2DConditionModel | UNet2DModel, semantic_guided: SemanticGuidedNetwork | None,
+        prompt_context: torch.Tensor | None = None,
     ) -> None:
         super().__init__()
         self.unet = unet
         self.semantic_guided = semantic_guided
+        self.class_embedding: nn.Embedding | None = None
+        # derived from frozen pretrained weights: rebuilt in every job, never saved
+        self.register_buffer("prompt_context", prompt_context, persistent=False)
 
-    def forward(self, x_t: torch.Tensor, t: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
-        """x_t (B, C, h, w), t (B,) or scalar, image x0 (B, 3, H, W) in [-1, 1] -> eps (B, C, h, w)."""
+    def add_class_embedding(self, num_classes: int) -> nn.Embedding:
+        """LDM's ``ClassEmbedder``: one learned context token per class (nn.Embedding's N(0, 1) init)."""
+        width = self.unet.config.cross_attention_dim
+        self.class_embedding = nn.Embedding(num_classes, width).to(self.unet.device)
+        return self.class_embedding
+
+    def context(self, count: int, labels: torch.Tensor | None) -> torch.Tensor:
+        """The cross-attention context (B, L, D) of ``count`` images with class ``labels`` (B,)."""
+        if self.class_embedding is not None:
+            if labels is None:
+                raise ValueError("the class-conditioned denoiser (variant ldm) needs each image's class")
+            return self.class_embedding(labels)[:, None]
+        if self.prompt_context is None:
+            raise ValueError("the denoiser has no context: give it a prompt context or a class embedding")
+        return self.prompt_context.expand(count, -1, -1)
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, image: torch.Tensor,
+                labels: torch.Tensor | None = None) -> torch.Tensor:
+        """x_t (B, C, h, w), t (B,) or scalar, image x0 (B, 3, H, W) in [-1, 1], class labels (B,)
+        (LDM only) -> eps (B, C, h, w)."""
         if isinstance(self.unet, UNet2DModel):
             return self.unet(x_t, t).sample
-        context = x_t.new_zeros(len(x_t), 1, self.unet.config.cross_attention_dim)
+        context = self.context(len(x_t), labels)
         residuals = {}
         if self.semantic_guided is not None:
             down, mid = self.semantic_guided(x_t, t, context, image)
             residuals = {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
         return self.unet(x_t, t, encoder_hidden_states=context, **residuals).sample
+
+
+@torch.no_grad()
+def encode_prompt(text_encoder: nn.Module, token_ids: torch.Tensor) -> torch.Tensor:
+    """The CLIP text encoder's last hidden state of one tokenised prompt: (1, L) -> (1, L, D),
+    as the official ``FrozenCLIPEmbedder`` (layer "last")."""
+    return text_encoder(input_ids=token_ids).last_hidden_state
+
+
+class EmptyPromptTokenizer:
+    """Stand-in of SD's CLIP tokenizer for offline demos: the empty prompt only, as the real one
+    tokenises it (BOS, EOS, then padding to ``model_max_length``)."""
+
+    def __init__(self, bos_token_id: int, eos_token_id: int, pad_token_id: int, model_max_length: int) -> None:
+        self.ids = (bos_token_id, eos_token_id, pad_token_id)
+        self.model_max_length = model_max_length
+
+    def __call__(self, prompt: str, **kwargs: Any) -> Any:
+        if prompt:
+            raise ValueError(f"the offline tokenizer stand-in only encodes the empty prompt, got {prompt!r}")
+        bos, eos, pad = self.ids
+        ids = [bos, eos] + [pad] * (self.model_max_length - 2)
+        return type("Encoding", (), {"input_ids": torch.tensor([ids])})()
 
 
 def trainable_parts(denoiser: Denoiser, train_sd: TrainSD) -> nn.ModuleDict:
@@ -202,6 +249,8 @@ def trainable_parts(denoiser: Denoiser, train_sd: TrainSD) -> nn.ModuleDict:
     parts = nn.ModuleDict(sd_parts)
     if denoiser.semantic_guided is not None:
         parts["semantic_guided"] = denoiser.semantic_guided
+    if denoiser.class_embedding is not None:
+        parts["class_embedding"] = denoiser.class_embedding
     denoiser.requires_grad_(False)
     parts.requires_grad_(True)
     return parts
@@ -209,36 +258,37 @@ def trainable_parts(denoiser: Denoiser, train_sd: TrainSD) -> nn.ModuleDict:
 
 # ----------------------------------------------------------------------------- diffusion
 def ddim_reconstruct(
-    denoiser: Denoiser,
-    scheduler: DDIMScheduler,
+    denoiser: nn.Module,
+    alphas_cumprod: torch.Tensor,
+    final_alpha_cumprod: float | torch.Tensor,
     x0: torch.Tensor,
     image: torch.Tensor,
     noise: torch.Tensor,
     noise_timestep: int,
     timesteps: Sequence[int],
+    labels: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Noise ``x0`` to ``noise_timestep`` (Eq. 5) and denoise along ``timesteps`` with DDIM.
+    """Noise ``x0`` to ``noise_timestep`` (Eq. 5) and denoise along ``timesteps`` with DDIM (eta 0).
 
-    As the official code: noised to T' - 1 = 999, then the DDIM steps 901, 801, ..., 1 (eta 0).
-    ``scheduler.set_timesteps`` must have been called with the grid ``timesteps`` come from.
-    x0 / noise (B, C, h, w), image (B, 3, H, W) in [-1, 1] -> reconstructed x0 (B, C, h, w).
+    ``timesteps`` (0-based, decreasing; :func:`~anodiff.methods.diad.config.inference_timesteps`)
+    need not be the scheduler's fixed-stride grid: each step goes to the next listed timestep,
+    the last to ``final_alpha_cumprod`` (SD v1.5 / the official sampler: ``alphas_cumprod[0]``).
+    The update is the official LDM ``p_sample_ddim`` with eta 0 (= diffusers' ``DDIMScheduler``
+    without clipping). x0 / noise (B, C, h, w), image (B, 3, H, W) in [-1, 1], labels (B,) for
+    the class-conditioned LDM -> reconstructed x0 (B, C, h, w).
     """
-    t = torch.full((len(x0),), noise_timestep, dtype=torch.long, device=x0.device)
-    x = scheduler.add_noise(x0, noise, t)
-    for step in timesteps:
-        eps = denoiser(x, torch.full_like(t, step), image)
-        x = scheduler.step(eps, step, x, eta=0.0).prev_sample
+    alphas = alphas_cumprod.to(device=x0.device, dtype=x0.dtype)
+    final = torch.as_tensor(final_alpha_cumprod, device=x0.device, dtype=x0.dtype)
+    a = alphas[noise_timestep]
+    x = a.sqrt() * x0 + (1 - a).sqrt() * noise
+    t = torch.empty(len(x0), dtype=torch.long, device=x0.device)
+    for i, step in enumerate(timesteps):
+        eps = denoiser(x, t.fill_(step), image, labels)
+        a_t = alphas[step]
+        a_prev = alphas[timesteps[i + 1]] if i + 1 < len(timesteps) else final
+        x0_pred = (x - (1 - a_t).sqrt() * eps) / a_t.sqrt()
+        x = a_prev.sqrt() * x0_pred + (1 - a_prev).sqrt() * eps
     return x
-
-
-def denoising_timesteps(scheduler: DDIMScheduler, num_steps: int, forward_timesteps: int) -> list[int]:
-    """The DDIM grid of ``num_steps`` steps, restricted to timesteps below ``forward_timesteps``.
-
-    Sets the scheduler's grid. T' = 1000 with 10 steps gives ``[901, 801, ..., 1]`` (SD's
-    ``leading`` spacing with ``steps_offset`` 1, the official LDM sampler's grid).
-    """
-    scheduler.set_timesteps(num_steps)
-    return [int(step) for step in scheduler.timesteps if step < forward_timesteps]
 
 
 def latent_distribution(
@@ -256,22 +306,113 @@ def latent_distribution(
     return torch.cat(means), torch.cat(stds)
 
 
-def autoencoder_loss(
-    vae: AutoencoderKL, x: torch.Tensor, generator: torch.Generator, kl_weight: float
-) -> torch.Tensor:
-    """The KL autoencoder's loss without its perceptual and adversarial terms.
+# ----------------------------------------------------------------------------- autoencoder fine-tune
+class PatchDiscriminator(nn.Module):
+    """The PatchGAN of the LDM autoencoder loss (taming ``NLayerDiscriminator``, 3 layers, 64
+    channels, BatchNorm): 4x4 convolutions, stride 2 except the last two, LeakyReLU 0.2, no bias
+    before a BatchNorm; weights N(0, 0.02), BatchNorm scales N(1, 0.02) (taming ``weights_init``).
+    images (B, 3, H, W) -> logits (B, 1, h, w)."""
 
-    ``mean_batch(sum_pixels |x - D(z)|) + kl_weight * mean_batch(KL(q(z|x) || N(0, I)))``, z sampled
-    from the posterior: the official code's LPIPSWithDiscriminator with its scales (sum over
-    pixels, kl_weight 1e-6) but no LPIPS term (it needs another pretrained network) and no
-    discriminator (it starts only at step 50001 there).
+    def __init__(self, in_channels: int = 3, channels: int = 64, layers: int = 3) -> None:
+        super().__init__()
+        blocks: list[nn.Module] = [nn.Conv2d(in_channels, channels, 4, stride=2, padding=1), nn.LeakyReLU(0.2)]
+        width = channels
+        for n in range(1, layers + 1):
+            out = channels * min(2**n, 8)
+            stride = 2 if n < layers else 1
+            blocks += [nn.Conv2d(width, out, 4, stride=stride, padding=1, bias=False), nn.BatchNorm2d(out),
+                       nn.LeakyReLU(0.2)]
+            width = out
+        blocks.append(nn.Conv2d(width, 1, 4, stride=1, padding=1))
+        self.main = nn.Sequential(*blocks)
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.normal_(module.weight, 0.0, 0.02)
+            elif isinstance(module, nn.BatchNorm2d):
+                nn.init.normal_(module.weight, 1.0, 0.02)
+                nn.init.zeros_(module.bias)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.main(images)
+
+
+class AutoencoderFinetune(nn.Module):
+    """What the fine-tune trains (the autoencoder and, with the adversarial term, the PatchGAN)
+    and the number of forward passes so far (a buffer, so a resumed job knows the optimiser step
+    the discriminator starts at). LPIPS is frozen and kept outside (never in train mode)."""
+
+    def __init__(self, vae: AutoencoderKL, discriminator: PatchDiscriminator | None) -> None:
+        super().__init__()
+        self.vae = vae
+        self.discriminator = discriminator
+        self.register_buffer("passes", torch.zeros((), dtype=torch.long))
+
+
+def optimizer_step(passes: int, num_samples: int, batch_size: int, accumulate: int) -> int:
+    """Optimiser steps completed before forward pass ``passes`` (0-based) of a run with
+    ``accumulate`` passes per step and a step at the end of every epoch (PyTorch Lightning's
+    ``global_step`` seen by that pass)."""
+    batches = -(-num_samples // batch_size)
+    epoch, index = divmod(passes, batches)
+    return epoch * -(-batches // accumulate) + index // accumulate
+
+
+def adaptive_weight(nll: torch.Tensor, g_loss: torch.Tensor, last_layer: torch.Tensor) -> torch.Tensor:
+    """``|grad nll| / (|grad g_loss| + 1e-4)`` at the decoder's last layer, clamped to [0, 1e4] and
+    detached (taming ``calculate_adaptive_weight``, before its ``discriminator_weight`` factor)."""
+    nll_grad = torch.autograd.grad(nll, last_layer, retain_graph=True)[0]
+    g_grad = torch.autograd.grad(g_loss, last_layer, retain_graph=True)[0]
+    return torch.clamp(nll_grad.norm() / (g_grad.norm() + 1e-4), 0.0, 1e4).detach()
+
+
+def hinge_d_loss(logits_real: torch.Tensor, logits_fake: torch.Tensor) -> torch.Tensor:
+    """The discriminator's hinge loss ``(mean relu(1 - real) + mean relu(1 + fake)) / 2``."""
+    return 0.5 * (F.relu(1.0 - logits_real).mean() + F.relu(1.0 + logits_fake).mean())
+
+
+def autoencoder_loss(
+    vae: AutoencoderKL,
+    x: torch.Tensor,
+    generator: torch.Generator,
+    kl_weight: float,
+    perceptual: nn.Module | None = None,
+    perceptual_weight: float = 0.0,
+    discriminator: nn.Module | None = None,
+    adversarial: bool = False,
+    discriminator_weight: float = 0.0,
+) -> torch.Tensor:
+    """The LDM KL autoencoder objective (taming/LDM ``LPIPSWithDiscriminator``, logvar 0) of one
+    minibatch x (B, 3, H, W) in [-1, 1], z sampled from the posterior with ``generator``:
+
+    ``nll = sum(|x - D(z)| + perceptual_weight * LPIPS(x, D(z))) / B`` (LPIPS, one number per
+    image, is added at every pixel as the official code does), ``+ kl_weight * sum(KL) / B``; with
+    a ``discriminator`` and ``adversarial`` (the optimiser step has reached ``disc_start``):
+    ``+ d_weight * (-mean D(D(z)))`` with the adaptive ``d_weight`` (times ``discriminator_weight``)
+    for the autoencoder, and the hinge loss of D on x and D(z) (detached) for the discriminator.
+    The discriminator gets no gradient from the autoencoder's term (as Lightning's optimiser
+    toggling), the autoencoder none from the hinge loss, so one backward gives both the updates
+    of the official two optimisers. Before ``adversarial``, the discriminator's parameters get
+    zero gradients (the official 0-weighted loss: its Adam steps, without moving).
     """
     posterior = vae.encode(x).latent_dist
     noise = torch.randn(posterior.mean.shape, generator=generator).to(x.device)
     z = posterior.mean + posterior.std * noise
     reconstruction = vae.decode(z).sample
-    l1 = (x - reconstruction).abs().flatten(1).sum(dim=1).mean()
-    return l1 + kl_weight * posterior.kl().mean()
+    rec_loss = (x - reconstruction).abs()  # (B, 3, H, W)
+    if perceptual is not None and perceptual_weight > 0:
+        rec_loss = rec_loss + perceptual_weight * perceptual(x, reconstruction)  # + (B, 1, 1, 1)
+    nll = rec_loss.sum() / len(x)
+    loss = nll + kl_weight * posterior.kl().sum() / len(x)
+    if discriminator is None:
+        return loss
+    if not adversarial:
+        return loss + 0.0 * sum(p.sum() for p in discriminator.parameters())
+    discriminator.requires_grad_(False)  # the generator term trains the autoencoder only
+    g_loss = -discriminator(reconstruction).mean()
+    discriminator.requires_grad_(True)
+    d_weight = discriminator_weight * adaptive_weight(nll, g_loss, vae.decoder.conv_out.weight)
+    d_loss = hinge_d_loss(discriminator(x.detach()), discriminator(reconstruction.detach()))
+    return loss + d_weight * g_loss + d_loss
 
 
 # ----------------------------------------------------------------------------- anomaly map
