@@ -43,3 +43,26 @@ def test_the_job_environment_is_where_a_job_runs_not_what_it_computes():
     # nothing of the environment is in a run's params: the resolved config is data only
     params = json.dumps([run.config for run in plan.runs.values()])
     assert "resources/weights" not in params and "mlflow" not in params and str(REPO) not in params
+
+
+def test_select_on_test_takes_each_categorys_best_candidate_on_test_and_says_so(tmp_path):
+    import pandas as pd
+
+    from anodiff.pipeline import select_on_test
+
+    files = []
+    for variant, auroc in (("s2", 0.7), ("s3", 0.9), ("s4", 0.8)):
+        path = tmp_path / f"{variant}.parquet"
+        pd.DataFrame([{"dataset": "d", "method": "inversion", "variant": variant, "category": "weave",
+                       "protocol": "honest", "image_auroc": auroc, "pixel_auroc": 1 - auroc, "image_ap": 0.5,
+                       "image_f1max": 0.5, "pixel_ap": 0.5, "pixel_f1max": 0.5, "aupro": 0.5, "mad": 0.5}]
+                     ).to_parquet(path)
+        files.append(path)
+    env = JobEnvironment.from_config({"device": "cpu", "weights_dir": "w", "experiment": "e", "mlflow": {
+        "tracking_uri": f"sqlite:///{tmp_path}/mlflow.db", "artifact_location": str(tmp_path / "artifacts")}})
+    output = tmp_path / "best.parquet"
+    select_on_test(candidate_files=files, select_by="image_auroc", output=output,
+                   run={"dataset": "d", "method": "inversion", "variant": "best-s", "category": "weave"}, env=env)
+    row = pd.read_parquet(output).iloc[0]
+    assert (row.variant, row.selected_variant, row.protocol) == ("best-s", "s3", "paper")
+    assert row.image_auroc == 0.9 and row.pixel_auroc == pytest.approx(0.1)  # the chosen candidate's row

@@ -148,3 +148,24 @@ def test_the_plan_imports_no_deep_learning_library():
             "print(sorted(heavy)); sys.exit(1 if heavy else 0)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_a_select_on_test_run_is_a_paper_protocol_run_over_configured_candidates():
+    methods = {"inversion": {
+        "s2": variant({"training": {"epochs": 50}}),
+        "s3": variant({"training": {"epochs": 50}, "inference": {"num_inversion_steps": 3}}),
+        "best-s": {"datasets": ["synthetic"], "select_on_test": {"variants": ["s2", "s3"]}},
+    }}
+    plan = build_plan(config_with(methods), REPO)
+    best = plan.run("synthetic", "inversion", "best-s")
+    assert best.protocol == "paper" and best.selects == ("s2", "s3") and best.select_by == "image_auroc"
+    assert plan.run("synthetic", "inversion", "s3").protocol == "honest"
+    assert not best.trains or best.config == {}  # nothing is trained for it
+    wrong = {"inversion": {**methods["inversion"],
+                           "best-s": {"datasets": ["synthetic"], "select_on_test": {"variants": ["s2", "s9"]}}}}
+    with pytest.raises(PlanError, match="'s9' is not a configured variant"):
+        build_plan(config_with(wrong), REPO)
+    histogram = {"kind": "histogram", "caption": "c", "scores": ["nll"],
+                 "runs": [{"dataset": "synthetic", "method": "inversion", "variant": "best-s"}]}
+    with pytest.raises(PlanError, match="draws predictions"):
+        build_plan(config_with(methods, figures={"inversion/fig2": histogram}), REPO)

@@ -31,6 +31,7 @@ LINK = RUN_DIR + "/models/{group}.link.json"
 # inference and metrics
 PREDICTIONS = RUN_DIR + "/predictions/{category}.npz"
 METRICS = RUN_DIR + "/metrics/{category}.parquet"
+SELECTED_METRICS = RUN_DIR + "/selected/{category}.parquet"  # a paper-protocol run chosen on test
 FPS = "results/fps/{dataset}/{method}/{variant}.parquet"
 METRIC_TABLE = "results/tables/metrics.parquet"
 METRIC_MARKDOWN = "results/tables/metrics.md"
@@ -53,7 +54,7 @@ BENCHMARKS = "results/benchmarks"
 # specific templates first, since a group name never holds a dot
 PRODUCERS = (
     (PRETRAINED, "pretrain"), (LINK, "link_model"), (MODEL_RUN_INFO, "train"), (MODEL, "train"),
-    (FEATURE_CACHE, "cache_features"), (PREDICTIONS, "infer"), (METRICS, "evaluate"), (FPS, "fps"),
+    (FEATURE_CACHE, "cache_features"), (PREDICTIONS, "infer"), (METRICS, "evaluate"), (SELECTED_METRICS, "select_on_test"), (FPS, "fps"),
     (VALIDATION_REPORT, "prepare_dataset"), (METRIC_TABLE, "aggregate"), (PAPER_TABLE, "paper_table"),
     (TRACKING_STAMP, "init_tracking"), (WEIGHTS_STATUS, "fetch_weights"),
 )

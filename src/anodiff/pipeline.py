@@ -348,7 +348,7 @@ def evaluate(*, predictions: str | Path, report: str | Path, category: str, outp
     run_id = tracker.start_run(f"{run['dataset']}/{run['method']}/{run['variant']}/{category} · evaluate",
                                {**run, **_tags(provenance), "category": category, "stage": "evaluate"},
                                read_run_id(Path(run_info)))
-    row = {**run, **provenance, "category": category, "n_test_images": len(samples),
+    row = {**run, **provenance, "protocol": "honest", "category": category, "n_test_images": len(samples),
            "n_anomalous": int(saved["labels"].sum()), **metrics,
            "device": _device_name(),
            "map_size": int(saved["anomaly_map"].shape[-1]), "eval_resolution": protocol.resolution,
@@ -363,6 +363,28 @@ def evaluate(*, predictions: str | Path, report: str | Path, category: str, outp
     tracker.log_metrics(run_id, metrics)
     tracker.log_artifact(run_id, Path(output))
     tracker.end_run(run_id)
+
+
+def select_on_test(*, candidate_files: Sequence[str | Path], select_by: str, output: str | Path,
+                   run: Mapping[str, str], env: JobEnvironment) -> None:
+    """A paper-protocol run's row of one category: the candidate (one metrics row per variant)
+    with the highest ``select_by`` on this category's TEST set, as some papers choose a
+    hyper-parameter per category (InversionAD's "Ours*"). Selection on test data inflates the
+    number; the row says ``protocol = paper`` and which candidate it took."""
+    candidates = pd.concat([read_parquet(p, "metrics") for p in candidate_files], ignore_index=True)
+    if select_by not in candidates:
+        raise ValueError(f"select_on_test.by: {select_by!r} is not a metric of {list(candidate_files)}")
+    best = candidates.loc[candidates[select_by].idxmax()]
+    tracker = Tracker(env.tracking)
+    run_id = tracker.start_run(f"{run['dataset']}/{run['method']}/{run['variant']}/{run['category']} · select",
+                               {**run, "stage": "select", "protocol": "paper", "selected_variant": best.variant,
+                                "selected_by": select_by})
+    tracker.log_metrics(run_id, {m: float(best[m]) for m in METRIC_NAMES})
+    tracker.end_run(run_id)
+    row = {**best.to_dict(), "variant": run["variant"], "protocol": "paper", "selected_variant": best.variant,
+           "selected_by": f"max test {select_by} of {', '.join(candidates.variant)}", "mlflow_run_id": run_id}
+    with atomic_path(output) as tmp:
+        pd.DataFrame([row]).to_parquet(tmp, index=False)
 
 
 def _device_name() -> str:

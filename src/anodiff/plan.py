@@ -61,6 +61,13 @@ class Run:
     nfe: int  # denoiser evaluations per image (speed tables)
     tables: tuple[str, ...] = ()  # paper tables that print this run
     figures: tuple[str, ...] = ()  # paper figures that draw it
+    selects: tuple[str, ...] = ()  # a paper-protocol run: the candidate variants chosen among on test
+    select_by: str = ""  # the test metric that chooses
+
+    @property
+    def protocol(self) -> str:
+        """``paper`` for a run that selects on test data (the papers' shortcuts), else ``honest``."""
+        return "paper" if self.selects else "honest"
 
     @property
     def name(self) -> str:
@@ -151,6 +158,9 @@ def build_plan(config: Mapping[str, Any], repo: Path) -> Plan:
         defaults = _method_defaults(entry, defaults_dir / f"{method}.yaml")
         for variant, settings in variants.items():
             where = f"methods.{method}.{variant}"
+            if "select_on_test" in settings:
+                runs.extend(_selection_runs(method, variant, settings, variants, datasets))
+                continue
             resolved = from_dict(entry.config_class, deep_merge(defaults, settings.get("overrides") or {}),
                                  where=f"{where}.overrides")
             spec = entry.feature_spec(resolved)
@@ -199,6 +209,27 @@ def build_plan(config: Mapping[str, Any], repo: Path) -> Plan:
 
 
 # ----------------------------------------------------------------------------- helpers
+def _selection_runs(method: str, variant: str, settings: Mapping[str, Any], variants: Mapping[str, Any],
+                    datasets: Mapping[str, Any]) -> list[Run]:
+    """The runs of a ``select_on_test`` variant: no config, no training, its candidates' metrics."""
+    where, select = f"methods.{method}.{variant}", settings["select_on_test"]
+    if settings.get("overrides"):
+        raise PlanError(f"{where}: a select_on_test variant has no overrides (it trains nothing)")
+    runs = []
+    for dataset in settings["datasets"]:
+        for candidate in select["variants"]:
+            if candidate not in variants or "select_on_test" in variants[candidate] \
+                    or dataset not in variants[candidate]["datasets"]:
+                raise PlanError(f"{where}.select_on_test.variants: {candidate!r} is not a configured variant of "
+                                f"{method} on {dataset} (candidates: {sorted(v for v in variants if v != variant)})")
+        runs.append(Run(dataset=dataset, method=method, variant=variant, setting=settings.get("setting", "per_class"),
+                        categories=tuple(datasets[dataset]["categories"]), config={}, training_config={},
+                        pretrain_config=None, training_hash="", pretrain_hash=None, feature_key="", weights=(),
+                        owner=variant, pretrain_owner=None, calibrates=False, nfe=0,
+                        selects=tuple(select["variants"]), select_by=select.get("by", "image_auroc")))
+    return runs
+
+
 def with_papers(config: Mapping[str, Any], repo: Path) -> dict[str, Any]:
     """A copy of ``config`` with the runs, tables and figures of the paper specs it names."""
     config = json.loads(json.dumps(config))
@@ -278,6 +309,9 @@ def _assign_owners(runs: list[Run]) -> list[Run]:
     pretrain_owners: dict[tuple, str] = {}
     assigned = []
     for run in runs:
+        if run.selects:
+            assigned.append(run)
+            continue
         where = (run.dataset, run.method, run.setting)
         owner = owners.setdefault((*where, run.training_hash), run.variant)
         pretrain_owner = None
@@ -317,6 +351,10 @@ def _validate_figures(figures: dict[str, dict[str, Any]], runs: Mapping[tuple[st
             if (r["dataset"], r["method"], r["variant"]) not in runs:
                 raise PlanError(f"figures.{figure_id}: {r['dataset']}/{r['method']}/{r['variant']} "
                                 "is not a configured run")
+        if figure["kind"] in ("histogram", "qualitative") and any(
+                runs[(r["dataset"], r["method"], r["variant"])].selects for r in figure["runs"]):
+            raise PlanError(f"figures.{figure_id}: a {figure['kind']} figure draws predictions, which a "
+                            "select_on_test run does not have")
         if figure["kind"] == "qualitative":
             drawn = [runs[(r["dataset"], r["method"], r["variant"])] for r in figure["runs"]]
             datasets = {run.dataset for run in drawn}

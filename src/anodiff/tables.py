@@ -47,7 +47,7 @@ REPORTED_ONLY = "reported only"
 COLUMNS = ["paper", "table", "dataset", "category", "method", "setting", "metric", "reported",
            "reproduced", "difference", "status", "run", "device", "note"]
 RUN_KEYS = ("dataset", "method", "variant")  # one of our runs
-RUN_COLUMNS = ("setting", "device", "pretrained_weights", "random_weights")  # the same for a run's categories
+RUN_COLUMNS = ("setting", "device", "pretrained_weights", "random_weights", "protocol")  # the same for a run's categories
 _INDEX = ["dataset", "category", "method", "setting"]  # one printed row of the paper's layout
 
 
@@ -105,6 +105,9 @@ def _shared_value(values: pd.Series) -> Any:
     return values.iloc[0]
 
 
+PAPER_PROTOCOL_NOTE = "PAPER protocol: chosen on the TEST set (optimistic, not an honest number)"
+
+
 def weights_note(random_weights: str) -> str:
     """The note on every number computed with random stand-ins for pretrained networks."""
     return f"RANDOM weights ({random_weights}): not comparable with the paper" if random_weights else ""
@@ -126,14 +129,17 @@ def our_numbers(metrics: pd.DataFrame, fps: pd.DataFrame | None = None) -> pd.Da
     present = [m for m in METRIC_LABELS if m in PERCENT_METRICS and m in metrics.columns]
     measured = with_means(metrics)
     measured["weights"] = measured["random_weights"].fillna("") if "random_weights" in measured else ""
-    long = measured.melt(id_vars=keys + ["category", "weights"], value_vars=present, var_name="metric")
+    measured["protocol"] = measured["protocol"].fillna("honest") if "protocol" in measured else "honest"
+    long = measured.melt(id_vars=keys + ["category", "weights", "protocol"], value_vars=present, var_name="metric")
     long["value"] = long["value"] * 100
     long["device"] = ""
     if fps is not None and len(fps):
         speed = fps.assign(category="mean", fps=fps["images_per_second"], latency_s=fps["seconds_per_image"],
                            latency_ms=fps["seconds_per_image"] * 1000,
-                           weights=fps["random_weights"].fillna("") if "random_weights" in fps else "")
-        speed = speed.melt(id_vars=keys + ["category", "device", "weights"], value_vars=sorted(SPEED_METRICS),
+                           weights=fps["random_weights"].fillna("") if "random_weights" in fps else "",
+                           protocol="honest")
+        speed = speed.melt(id_vars=keys + ["category", "device", "weights", "protocol"],
+                           value_vars=sorted(SPEED_METRICS),
                            var_name="metric")
         long = pd.concat([long, speed[long.columns]], ignore_index=True)
     return long
@@ -154,7 +160,8 @@ def build_table(reported: pd.DataFrame, sources: Sequence[RowSource], ours: pd.D
         printed_rows = (frame.method == source.reported_method) & (frame.setting == source.reported_setting)
         for printed_dataset, dataset in source.datasets.items():
             run = ours[(ours.dataset == dataset) & (ours.method == source.method) & (ours.variant == source.variant)]
-            lookup = {(name_key(row.category), row.metric): (row.value, row.device, getattr(row, "weights", ""))
+            lookup = {(name_key(row.category), row.metric): (row.value, row.device, getattr(row, "weights", ""),
+                                                             getattr(row, "protocol", "honest"))
                       for row in run.itertuples()}
             rows = printed_rows & (frame.dataset == printed_dataset)
             for index in frame.index[rows]:
@@ -164,9 +171,10 @@ def build_table(reported: pd.DataFrame, sources: Sequence[RowSource], ours: pd.D
                     frame.at[index, "reproduced"] = found[0]
                     frame.at[index, "device"] = found[1]
                     frame.at[index, "run"] = source.run_name(dataset)
-                    if found[2]:
-                        note = frame.at[index, "note"]
-                        frame.at[index, "note"] = f"{note}; {weights_note(found[2])}" if note else weights_note(found[2])
+                    for extra in (weights_note(found[2]), PAPER_PROTOCOL_NOTE if found[3] == "paper" else ""):
+                        if extra:
+                            note = frame.at[index, "note"]
+                            frame.at[index, "note"] = f"{note}; {extra}" if note else extra
     frame["difference"] = frame["reproduced"] - frame["reported"]
     frame["status"] = np.where(frame["reproduced"].notna(), "reproduced", REPORTED_ONLY)
     other_device = frame.metric.isin(TIMED_METRICS) & (frame.device != "") & (frame.device != reference_device)
@@ -365,6 +373,8 @@ def metric_view(table: pd.DataFrame) -> pd.DataFrame:
     shown[percent] = shown[percent] * 100
     if "pretrained_weights" in table:
         shown["weights"] = np.where(table["pretrained_weights"].astype(bool), "pretrained", "RANDOM")
+    if "protocol" in table:
+        shown["protocol"] = table["protocol"].fillna("honest")
     return shown.round(1).rename(columns=metric_header)
 
 

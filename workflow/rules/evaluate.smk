@@ -18,11 +18,30 @@ rule evaluate:
         "../scripts/evaluate.py"
 
 
+rule select_on_test:
+    """A paper-protocol run: on each category, the candidate variant with the best TEST metric
+    (the papers' per-category choices, e.g. InversionAD's "Ours*"); protocol = paper."""
+    input:
+        get_selection_inputs,
+    output:
+        paths.SELECTED_METRICS,
+    params:
+        select_by=param("select_by"),
+    log:
+        paths.log("select_on_test", "{dataset}/{method}/{variant}/{category}"),
+    benchmark:
+        paths.benchmark("select_on_test", "{dataset}/{method}/{variant}/{category}")
+    conda:
+        ENV
+    script:
+        "../scripts/select_on_test.py"
+
+
 rule aggregate:
     """The dataset x method x variant x category table, with a mean row per run and each run's fps."""
     input:
-        metrics=lambda w: outputs_of(PLAN.runs.values(), paths.METRICS),
-        fps=lambda w: [at(paths.FPS, r) for r in PLAN.runs.values()],
+        metrics=lambda w: metrics_of(PLAN.runs.values()),
+        fps=lambda w: [at(paths.FPS, r) for r in PLAN.runs.values() if not r.selects],
     output:
         table=paths.METRIC_TABLE,
         markdown=paths.METRIC_MARKDOWN,
