@@ -296,6 +296,32 @@ def _table_inputs(plan: Plan, table_id: str) -> list[tuple[str, str]]:
     return inputs
 
 
+# ----------------------------------------------------------------------------- budget
+def budget_gpus() -> list[str]:
+    from anodiff.budget import GPUS
+
+    return list(GPUS)
+
+
+def cmd_budget(args: argparse.Namespace) -> int:
+    """Per GPU job kind: jobs, GPU-hours, peak memory and disk of the config (anodiff.budget)."""
+    from anodiff import budget
+    from anodiff.architectures import CACHE_PATH, ArchitectureError, check_cached, load_cache
+
+    plan = load_plan(args)
+    record_path = Path(args.directory) / CACHE_PATH
+    if args.no_check:
+        record = load_cache(record_path)
+    else:
+        try:
+            record = check_cached(plan, record_path, log=lambda message: print(message, file=sys.stderr))
+        except ArchitectureError as error:
+            raise CliError(str(error)) from None
+    estimator = budget.Estimator(plan, record, gpu=args.gpu)
+    print(budget.format_budget(budget.budget_rows(estimator), args.gpu))
+    return 0
+
+
 # ----------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     """The ``anodiff`` argument parser, one subcommand per task."""
@@ -360,6 +386,17 @@ def build_parser() -> argparse.ArgumentParser:
                   "Only files are looked at; snakemake -n says exactly which jobs would run.", [common, configured])
     sub.add_argument("--all", action="store_true", help=f"list every waiting run and missing category (default: the "
                      f"first {SHOWN} runs, {SHOWN_NAMES} names each)")
+    sub = command("budget", cmd_budget, "estimate the compute budget of a config",
+                  "Per GPU job kind (cache_features, pretrain, train, link_model, infer, fps): the number of jobs,\n"
+                  "GPU-hours (FLOPs counted on the meta device / a stated sustained throughput), the largest job's\n"
+                  "RAM and GPU memory, and the disk its caches, models and predictions take; with totals. Models\n"
+                  "the last check has not seen are built on the meta device first (as the dry run does; minutes\n"
+                  "for the paper plan the first time, then cached in DIR/.snakemake/anodiff/).\n\n"
+                  "example: anodiff budget --configfile config/datasets.yaml config/paper.yaml", [common, configured])
+    sub.add_argument("--gpu", choices=sorted(budget_gpus()), default="h100-fp32",
+                     help="throughput assumption (default: h100-fp32, today's precision)")
+    sub.add_argument("--no-check", action="store_true",
+                     help="use only what the last check recorded (no torch import; unrecorded models are unsized)")
     return parser
 
 

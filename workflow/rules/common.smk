@@ -50,6 +50,41 @@ if PREPARED and workflow.is_main_process:  # changed data fails here, not as sta
     for dataset in PREPARED:
         check_unchanged(dataset, report_of(dataset))
 
+# --- anodiff.architectures: plan-time meta-device check of every distinct model -----------
+# Builds each architecture the last successful check has not seen on torch.device("meta") and
+# runs it on meta tensors of the real shapes, so an impossible combination fails the dry run
+# naming the variant. An unchanged plan only compares digests (no torch import); the facts it
+# records (.snakemake/anodiff/architectures.json) size the jobs' resources (anodiff.budget).
+import os
+import sys
+
+if workflow.is_main_process and os.environ.get("ANODIFF_SKIP_ARCHITECTURE_CHECK") != "1":
+    from anodiff.architectures import check_cached
+
+    check_cached(PLAN, log=lambda message: print(message, file=sys.stderr))
+# --- end anodiff.architectures ----------------------------------------------------------
+
+# --- anodiff.budget: each GPU job's mem_mb, runtime and gpu_mem_mb, estimated from the plan ---
+# (image counts, the meta check's record of each model; the profile's former values as floors;
+# formulas: anodiff.budget). Torch-free; one estimate per job, memoised.
+_ESTIMATOR = []
+
+
+def estimated(kind, name):
+    def get(wildcards):
+        if not _ESTIMATOR:
+            from anodiff.budget import Estimator, load_record
+
+            _ESTIMATOR.append(Estimator(PLAN, load_record()))
+        return _ESTIMATOR[0].job(kind, wildcards)[name]
+
+    return get
+
+
+def estimated_resources(kind):
+    return {name: estimated(kind, name) for name in ("mem_mb", "runtime", "gpu_mem_mb")}
+# --- end anodiff.budget ----------------------------------------------------------------
+
 
 def caches(run, categories, split):
     return [paths.fill(paths.FEATURE_CACHE, dataset=run.dataset, spec_key=run.feature_key, category=c, split=split)
@@ -120,11 +155,22 @@ def outputs_of(runs, template):
     return [at(template, run, category=c) for run in runs for c in run.categories]
 
 
+def metrics_of(runs):
+    """Every category's metrics of ``runs``: evaluated, or selected on test (select_on_test)."""
+    return [at(paths.SELECTED_METRICS if run.selects else paths.METRICS, run, category=c)
+            for run in runs for c in run.categories]
+
+
+def get_selection_inputs(w):
+    run = run_of(w)
+    return [at(paths.METRICS, run, variant, category=w.category) for variant in run.selects]
+
+
 def get_table_inputs(w):
     table_id = f"{w.paper}/{w.table}"
     runs = PLAN.table_runs(table_id)
-    fps = [at(paths.FPS, r) for r in runs] if table_id in PLAN.speed_tables else []
-    return {"metrics": outputs_of(runs, paths.METRICS), "fps": fps}
+    fps = [at(paths.FPS, r) for r in runs if not r.selects] if table_id in PLAN.speed_tables else []
+    return {"metrics": metrics_of(runs), "fps": fps}
 
 
 def get_figure_inputs(w):
@@ -133,9 +179,9 @@ def get_figure_inputs(w):
     inputs = {"metrics": [], "fps": [], "predictions": [], "report": report_of(runs[0].dataset),
               "weights": weights_status(sorted({k for r in runs for k in r.weights}))}
     if figure["kind"] in ("sweep", "tradeoff"):
-        inputs["metrics"] = outputs_of(runs, paths.METRICS)
+        inputs["metrics"] = metrics_of(runs)
     if figure["kind"] == "tradeoff":
-        inputs["fps"] = [at(paths.FPS, r) for r in runs]
+        inputs["fps"] = [at(paths.FPS, r) for r in runs if not r.selects]
     if figure["kind"] == "histogram":
         inputs["predictions"] = outputs_of(runs, paths.PREDICTIONS)
     if figure["kind"] == "qualitative":
@@ -144,7 +190,8 @@ def get_figure_inputs(w):
 
 
 def all_outputs():
-    figures = [at(paths.RUN_FIGURE, r, name=n) for r in PLAN.runs.values() for n in paths.RUN_FIGURE_NAMES]
+    figures = [at(paths.RUN_FIGURE, r, name=n) for r in PLAN.runs.values() if not r.selects
+               for n in paths.RUN_FIGURE_NAMES]
     tables = [f for t in PLAN.tables for f in paths.paper_files(paths.PAPER_TABLE, t, paths.PAPER_TABLE_EXTENSIONS)]
     paper_figures = [f for i in PLAN.figures for f in paths.paper_files(paths.PAPER_FIGURE, i, paths.PAPER_FIGURE_EXTENSIONS)]
     return [paths.METRIC_TABLE, paths.METRIC_MARKDOWN, paths.METRIC_HTML, paths.METRIC_CSV] + figures + tables + paper_figures

@@ -22,6 +22,8 @@ rule cache_features:
         paths.FEATURE_CACHE,
     params:
         spec=lambda w: PLAN.feature_specs[w.spec_key],
+    resources:  # anodiff.budget
+        **estimated_resources("cache_features"),
     log:
         paths.log("cache_features", "{dataset}/{spec_key}/{category}_{split}"),
     benchmark:

@@ -7,6 +7,8 @@ rule infer:
     params:
         config=param("config"),
         training_hash=param("training_hash"),
+    resources:  # anodiff.budget
+        **estimated_resources("infer"),
     log:
         paths.log("infer", "{dataset}/{method}/{variant}/{category}"),
     benchmark:

@@ -8,6 +8,8 @@ rule pretrain:
     params:
         config=param("pretrain_config"),
         seed=config["seed"],
+    resources:  # anodiff.budget
+        **estimated_resources("pretrain"),
     log:
         paths.log("pretrain", "{dataset}/{method}/{variant}/{group}"),
     benchmark:
@@ -30,6 +32,8 @@ rule train:
         config=param("training_config"),
         setting=param("setting"),
         seed=config["seed"],
+    resources:  # anodiff.budget
+        **estimated_resources("train"),
     log:
         paths.log("train", "{dataset}/{method}/{variant}/{group}"),
     benchmark:
@@ -51,6 +55,8 @@ rule link_model:
         config=param("config"),
         training_hash=param("training_hash"),
         setting=param("setting"),
+    resources:  # anodiff.budget
+        **estimated_resources("link_model"),
     log:
         paths.log("link_model", "{dataset}/{method}/{variant}/{group}"),
     benchmark:
