@@ -160,7 +160,7 @@ def test_offline_fetch_gives_up_in_seconds_not_minutes():
     import time
 
     code = ("from pathlib import Path; from anodiff.weights import PretrainedWeights, download; "
-            "print(download(PretrainedWeights('timm', 'resnet18', allow_random_weights=True), Path('unused')))")
+            "print(download(PretrainedWeights('timm', 'resnet18', allow_random_weights=True), Path('unused'))['fetched'])")
     env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "HTTPS_PROXY", "https_proxy")}
     env["HF_ENDPOINT"] = "http://127.0.0.1:9"  # nothing listens there: like a machine without network
     started = time.perf_counter()
@@ -168,3 +168,37 @@ def test_offline_fetch_gives_up_in_seconds_not_minutes():
     assert result.returncode == 0 and result.stdout.strip() == "False", result.stderr[-2000:]
     assert "cannot reach 127.0.0.1:9" in result.stderr
     assert time.perf_counter() - started < 30  # the hub client alone retries for about a minute
+
+
+def test_a_weights_status_records_what_was_fetched_and_never_a_pickle(tmp_path, monkeypatch):
+    # a local stand-in for the hub: fetch_weights takes only safetensors/JSON/text from it,
+    # records the commit and every file's SHA-256; loading never falls back to a pickle
+    import hashlib
+
+    from anodiff import weights as w
+    from anodiff.pipeline import fetch_weights
+
+    snapshot = tmp_path / "hub" / "models--org--repo" / "snapshots" / "0123abc"
+    (snapshot / "vae").mkdir(parents=True)
+    (snapshot / "vae" / "config.json").write_text("{}")
+    (snapshot / "vae" / "diffusion_pytorch_model.safetensors").write_bytes(b"weights")
+    seen = {}
+
+    def snapshot_download(repo, allow_patterns, cache_dir):
+        seen["patterns"] = allow_patterns
+        return str(snapshot)
+
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    monkeypatch.setattr(w, "_check_hub_reachable", lambda: None)
+    env = JobEnvironment.from_config({"device": "cpu", "weights_dir": str(tmp_path / "w"), "experiment": "e",
+                                      "mlflow": {"tracking_uri": "sqlite:///x.db", "artifact_location": "a"}})
+    status = tmp_path / "status.json"
+    fetch_weights(weights={"source": "diffusers", "name": "org/repo", "subfolder": "vae",
+                           "allow_random_weights": False}, env=env, status_path=status)
+    recorded = json.loads(status.read_text())
+    assert recorded["fetched"] and not recorded["random"] and recorded["commit"] == "0123abc"
+    assert recorded["sha256"]["vae/diffusion_pytorch_model.safetensors"] == hashlib.sha256(b"weights").hexdigest()
+    assert not any(p.endswith((".bin", ".pt", ".pth", ".ckpt", "*")) for p in seen["patterns"])
+    assert w.TIMM_WEIGHT_FILES == ("model.safetensors",)

@@ -118,13 +118,16 @@ def dataset_root(report_path: str | Path) -> Path:
 def fetch_weights(*, weights: Mapping[str, Any], env: JobEnvironment, status_path: str | Path) -> None:
     """Download one pretrained network into the weights folder (the one job that needs network).
 
-    Compute jobs then load from there only. Offline, weights that allow random stand-ins
-    record ``fetched: false`` (and the demo warns loudly); otherwise the error says which
-    weights are missing and how to fetch them.
+    Compute jobs then load from there only. The status file records what was fetched (the hub
+    commit and the SHA-256 of every file) or, offline with ``allow_random_weights``, ``fetched:
+    false``: the run then computes with random stand-ins, and every number it makes says so.
+    Otherwise the error says which weights are missing and how to fetch them. Its params are
+    the network's description, so changing ``allow_random_weights`` fetches again.
     """
     network = PretrainedWeights(**weights)
-    fetched = download(network, env.weights_dir)
-    atomic_write_text(json.dumps({**asdict(network), "fetched": fetched}, indent=2), status_path)
+    fetched = download(network, env.weights_dir)  # fetched, hub commit, SHA-256 of every file
+    atomic_write_text(json.dumps({**asdict(network), **fetched, "random": not fetched["fetched"]}, indent=2),
+                      status_path)
 
 
 def cache_features(*, spec: Mapping[str, Any], report: str | Path, category: str, split: str,

@@ -26,7 +26,8 @@ log = logging.getLogger(__name__)
 
 RANDOM_WEIGHTS_SEED = 0  # initialisation of random (offline demo) networks
 HUB_PROBE_TIMEOUT = 5.0  # seconds to reach the hub before a fetch counts as offline
-TIMM_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # what timm fetches from the hub
+TIMM_WEIGHT_FILES = ("model.safetensors",)  # fetched from the hub; pickled weight files are never loaded
+HUB_FILE_PATTERNS = ("*.json", "*.txt", "*.safetensors")  # configs, tokenizers, weights: no pickles
 RANDOM_WEIGHTS_WARNING = (
     "\n" + "!" * 78 + "\n"
     "!! Pretrained {name} could not be loaded ({reason}).\n"
@@ -61,24 +62,30 @@ class PretrainedWeights:
         return f"{self.source} '{self.name}'" + (f" ({self.subfolder})" if self.subfolder else "")
 
 
-def download(weights: PretrainedWeights, weights_dir: Path) -> bool:
-    """Download ``weights`` into ``weights_dir``; True when they are there afterwards.
+def download(weights: PretrainedWeights, weights_dir: Path) -> dict[str, Any]:
+    """Download ``weights`` into ``weights_dir``: what the fetch_weights status file records.
 
-    Failure is an error unless ``allow_random_weights`` (then False: jobs fall back to
-    random weights and say so).
+    Returns ``fetched`` (whether they are there afterwards), the hub ``commit`` they came from
+    and the SHA-256 of every file (relative to the snapshot). Only safetensors weights, JSON
+    configs and text files are fetched: a pickled weight file could run code when loaded, so
+    none is ever downloaded or loaded. Failure is an error unless ``allow_random_weights``
+    (then ``fetched: false``: jobs fall back to random weights and say so).
     """
     try:
         _check_hub_reachable()
+        from huggingface_hub import hf_hub_download, snapshot_download
+
         if weights.source == "timm":
-            import timm
-
-            timm.create_model(weights.name, pretrained=True, cache_dir=str(weights_dir))
+            files = [Path(hf_hub_download(_timm_hub_repo(weights.name), TIMM_WEIGHT_FILES[0],
+                                          cache_dir=str(weights_dir)))]
+            snapshot = files[0].parent
         else:
-            from huggingface_hub import snapshot_download
-
-            patterns = [f"{weights.subfolder}/*"] if weights.subfolder else None
-            snapshot_download(weights.name, allow_patterns=patterns, cache_dir=str(weights_dir))
-        return True
+            prefix = f"{weights.subfolder}/" if weights.subfolder else ""
+            snapshot = Path(snapshot_download(weights.name, allow_patterns=[prefix + p for p in HUB_FILE_PATTERNS],
+                                              cache_dir=str(weights_dir)))
+            files = sorted(f for f in (snapshot / weights.subfolder).rglob("*") if f.is_file())
+        return {"fetched": True, "commit": snapshot.name if snapshot.parent.name == "snapshots" else "",
+                "sha256": {str(f.relative_to(snapshot)): _sha256(f) for f in files}}
     except Exception as error:  # network errors come as many types (OSError, HTTP, hub)
         if not weights.allow_random_weights:
             raise WeightsError(
@@ -87,7 +94,28 @@ def download(weights: PretrainedWeights, weights_dir: Path) -> bool:
                 "Hugging Face cache there by hand."
             ) from error
         log.warning("could not fetch %s (%s); jobs will use random weights", weights.describe(), _reason(error))
-        return False
+        return {"fetched": False, "commit": "", "sha256": {}, "reason": _reason(error)}
+
+
+def _timm_hub_repo(model_name: str) -> str:
+    """The hub repository of a timm model's pretrained weights (timm's own registry)."""
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(model_name)
+    if cfg is None or not cfg.hf_hub_id:
+        raise WeightsError(f"timm model '{model_name}' has no weights on the Hugging Face hub (only "
+                           "safetensors from the hub are fetched)")
+    return cfg.hf_hub_id
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _check_hub_reachable(timeout: float = HUB_PROBE_TIMEOUT) -> None:
