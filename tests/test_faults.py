@@ -202,3 +202,35 @@ def test_a_weights_status_records_what_was_fetched_and_never_a_pickle(tmp_path, 
     assert recorded["sha256"]["vae/diffusion_pytorch_model.safetensors"] == hashlib.sha256(b"weights").hexdigest()
     assert not any(p.endswith((".bin", ".pt", ".pth", ".ckpt", "*")) for p in seen["patterns"])
     assert w.TIMM_WEIGHT_FILES == ("model.safetensors",)
+
+
+def test_a_checkpoint_of_another_config_or_a_truncated_one_is_moved_aside_not_resumed(tmp_path, caplog):
+    from torch import nn
+
+    from anodiff.methods.base import TrainCallbacks
+    from anodiff.training import train_epochs
+
+    data = torch.randn(16, 3)
+
+    def run(identity, epochs):
+        torch.manual_seed(0)
+        model = nn.Linear(3, 1)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        callbacks = TrainCallbacks(checkpoint_path=str(tmp_path / "model.pt.ckpt"), checkpoint_every=1,
+                                   show_progress=False, checkpoint_identity=identity)
+        state = train_epochs(model, optimizer, None, lambda batch, g: model(batch).pow(2).mean(), data,
+                             epochs=epochs, batch_size=4, seed=0, callbacks=callbacks)
+        return model, state
+
+    old = {"config": "lr-0.1", "seed": "0"}
+    run(old, epochs=2)  # "killed" after epoch 2: its checkpoint stays
+    model, state = run({"config": "lr-0.5", "seed": "0"}, epochs=3)  # re-run with another config
+    assert len(state.losses) == 3  # trained from scratch, not resumed after epoch 2
+    stale = list(tmp_path.glob("model.pt.ckpt.stale-*"))
+    assert len(stale) == 1 and "is not resumed" in caplog.text and "lr-0.1" in caplog.text
+    fresh, _ = run({"config": "lr-0.5", "seed": "0"}, epochs=3)
+    assert torch.equal(fresh.weight, model.weight)  # nothing of the old config leaked in
+    checkpoint = tmp_path / "model.pt.ckpt"
+    truncated(checkpoint)
+    run({"config": "lr-0.5", "seed": "0"}, epochs=4)  # unreadable: moved aside, fresh start, no crash
+    assert len(list(tmp_path.glob("model.pt.ckpt.stale-*"))) >= 1 and "cannot be read" in caplog.text

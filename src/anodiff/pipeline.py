@@ -87,6 +87,17 @@ def weights_subtitle(status_files: Sequence[str | Path]) -> str:
     return f"RANDOM weights ({random}): offline stand-ins, not comparable with the papers" if random else ""
 
 
+def checkpoint_identity(stage: str, config_hash: str, train_caches: Sequence[str | Path], seed: int) -> dict[str, str]:
+    """What a training checkpoint belongs to: the config (training or pretrain hash), the exact
+    feature caches (paths, sizes, modification times), the seed and the package version. A
+    checkpoint of anything else is moved aside instead of resumed (anodiff.training)."""
+    from importlib.metadata import version
+
+    caches = [(str(p), os.stat(p).st_size, os.stat(p).st_mtime_ns) for p in train_caches]
+    return {"stage": stage, "config": config_hash, "features": digest(caches), "seed": str(seed),
+            "anodiff": version("anodiff")}
+
+
 def _tags(provenance: Mapping[str, Any]) -> dict[str, str]:
     return {key: str(value).lower() if isinstance(value, bool) else str(value) for key, value in provenance.items()}
 
@@ -167,7 +178,8 @@ def pretrain(*, method: str, config: Mapping[str, Any], train_caches: Sequence[s
                                {**run, "method": method, "stage": "pretrain", "pretrain_hash": digest(dict(config))})
     tracker.log_params(run_id, {**to_flat_dict(config), "method": method, "seed": seed})
     callbacks = TrainCallbacks(log_metrics=lambda metrics, step: tracker.log_metrics(run_id, metrics, step),
-                               checkpoint_path=str(checkpoint))
+                               checkpoint_path=str(checkpoint),
+                               checkpoint_identity=checkpoint_identity("pretrain", digest(dict(config)), train_caches, seed))
     try:
         state = entry.pretrain(view, train_set, resolve_device(env.device), env.weights_dir, callbacks)
     except BaseException:
@@ -214,7 +226,8 @@ def train(*, method: str, config: Mapping[str, Any], train_caches: Sequence[str 
     tracker.log_text(run_id, yaml.safe_dump(dict(config), sort_keys=False), "training_config.yaml")
     checkpoint = Path(str(model_path) + ".ckpt")
     callbacks = TrainCallbacks(log_metrics=lambda metrics, step: tracker.log_metrics(run_id, metrics, step),
-                               checkpoint_path=str(checkpoint))
+                               checkpoint_path=str(checkpoint),
+                               checkpoint_identity=checkpoint_identity("train", training_hash, train_caches, seed))
     started = time.perf_counter()
     try:
         detector.fit(train_set, callbacks)

@@ -1,15 +1,16 @@
 """One resumable, seeded training loop shared by every method that trains by minibatch SGD.
 
 A method supplies its model, optimiser, LR schedule and a loss function of one minibatch;
-this loop owns shuffling, noise RNG, progress bars, per-epoch logging and checkpoints
-(model + optimiser + scheduler + RNG state, written atomically every N epochs), so a job
-killed by the scheduler and re-run continues where it stopped and ends with the same
-weights as an uninterrupted run.
+this loop owns shuffling, noise RNG, progress bars, per-epoch logging, an optional
+exponential moving average (EMA) of the weights, and checkpoints (model + EMA + optimiser +
+scheduler + RNG state, written atomically every N epochs), so a job killed by the scheduler
+and re-run continues where it stopped and ends with the same weights as an uninterrupted run.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -47,19 +48,34 @@ def train_epochs(
     seed: int,
     callbacks: TrainCallbacks,
     grad_clip: float | None = None,
+    ema: nn.Module | None = None,
+    ema_decay: float = 0.0,
+    accumulate: int = 1,
 ) -> TrainState:
     """Minimise ``loss_fn`` over minibatches of ``data`` (N, ...) for ``epochs`` epochs.
 
-    ``lr_scheduler`` (if any) steps once per minibatch.
+    ``lr_scheduler`` (if any) steps once per optimiser step. ``accumulate``: minibatches per
+    optimiser step (gradient accumulation, as PyTorch Lightning's ``accumulate_grad_batches``:
+    each minibatch's loss is divided by it, and the optimiser steps after every ``accumulate``
+    minibatches and after the last minibatch of an epoch, so no step spans two epochs and a
+    checkpoint never holds a partial sum). ``ema`` (if given: a module with the
+    same parameters as ``model``, e.g. its initial ``copy.deepcopy``) is updated after every
+    optimiser step by :func:`update_ema` with ``ema_decay``; it is saved in the checkpoint and
+    restored on resume.
     """
     if len(data) == 0:
         raise ValueError("no training samples: check the dataset's train/good folder")
+    if ema is not None and not 0.0 <= ema_decay < 1.0:
+        raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay}")
+    if accumulate < 1:
+        raise ValueError(f"accumulate must be >= 1, got {accumulate}")
     device = next(model.parameters()).device
     generator = torch.Generator(device="cpu").manual_seed(seed)
     state = TrainState(epoch=0, losses=[])
     checkpoint = Path(callbacks.checkpoint_path) if callbacks.checkpoint_path else None
-    if checkpoint is not None and checkpoint.is_file():
-        state = _restore(checkpoint, model, optimizer, lr_scheduler, generator)
+    saved = _matching_checkpoint(checkpoint, callbacks.checkpoint_identity, device) if checkpoint else None
+    if saved is not None:
+        state = _restore(checkpoint, saved, model, optimizer, lr_scheduler, generator, ema)
         log.info("resuming from %s after epoch %d", checkpoint, state.epoch)
 
     progress = tqdm(
@@ -74,7 +90,7 @@ def train_epochs(
     for epoch in progress:
         order = torch.randperm(len(data), generator=generator)
         total, count = 0.0, 0
-        for start in range(0, len(data), batch_size):
+        for index, start in enumerate(range(0, len(data), batch_size)):
             batch = data[order[start : start + batch_size]].to(device)
             loss = loss_fn(batch, generator)
             if not torch.isfinite(loss):
@@ -82,15 +98,20 @@ def train_epochs(
                     f"training loss became {loss.item()} at epoch {epoch + 1}: lower the learning "
                     "rate or check the cached features for NaN"
                 )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            if index % accumulate == 0:  # the first minibatch of an accumulation group
+                optimizer.zero_grad(set_to_none=True)
+            (loss / accumulate if accumulate > 1 else loss).backward()
+            total += loss.item() * len(batch)
+            count += len(batch)
+            if (index + 1) % accumulate and start + batch_size < len(data):
+                continue  # accumulating: the optimiser steps after the group's last minibatch
             if grad_clip:
                 nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
             optimizer.step()
             if lr_scheduler is not None:
                 lr_scheduler.step()
-            total += loss.item() * len(batch)
-            count += len(batch)
+            if ema is not None:
+                update_ema(ema, model, ema_decay)
         state.losses.append(total / count)
         state.epoch = epoch + 1
         progress.set_postfix(loss=f"{state.losses[-1]:.4f}")
@@ -98,15 +119,32 @@ def train_epochs(
         if checkpoint is not None and (
             state.epoch % callbacks.checkpoint_every == 0 or state.epoch == epochs
         ):
-            _save(checkpoint, model, optimizer, lr_scheduler, generator, state)
+            _save(checkpoint, model, optimizer, lr_scheduler, generator, state, ema, callbacks.checkpoint_identity)
     model.eval()
+    if ema is not None:
+        ema.eval()
     return state
 
 
-def _save(path, model, optimizer, lr_scheduler, generator, state: TrainState) -> None:
+@torch.no_grad()
+def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    """One EMA step: ``ema_p <- decay * ema_p + (1 - decay) * p`` for every parameter.
+
+    Written as the official InversionAD code does it (``mul_(decay).add_(p, alpha=1 - decay)``,
+    no warm-up or bias correction); buffers (e.g. BatchNorm statistics) are copied as they are.
+    """
+    for ema_param, param in zip(ema.parameters(), model.parameters(), strict=True):
+        ema_param.mul_(decay).add_(param.detach(), alpha=1.0 - decay)
+    for ema_buffer, buffer in zip(ema.buffers(), model.buffers(), strict=True):
+        ema_buffer.copy_(buffer)
+
+
+def _save(path, model, optimizer, lr_scheduler, generator, state: TrainState, ema, identity) -> None:
     atomic_torch_save(
         {
+            "identity": dict(identity),
             "model": model.state_dict(),
+            "ema": ema.state_dict() if ema is not None else None,
             "optimizer": optimizer.state_dict(),
             "lr_scheduler": lr_scheduler.state_dict() if lr_scheduler is not None else None,
             "generator": generator.get_state(),
@@ -117,9 +155,32 @@ def _save(path, model, optimizer, lr_scheduler, generator, state: TrainState) ->
     )
 
 
-def _restore(path, model, optimizer, lr_scheduler, generator) -> TrainState:
-    saved = torch.load(path, map_location=next(model.parameters()).device, weights_only=False)
+def _matching_checkpoint(path: Path, identity: dict[str, str], device: torch.device) -> dict | None:
+    """The checkpoint at ``path`` if it belongs to this training (``identity``); one that is
+    unreadable (a truncated file) or written for another config, data, seed or version is
+    moved aside (never silently resumed) and training starts fresh."""
+    if not path.is_file():
+        return None
+    try:
+        saved = torch.load(path, map_location=device, weights_only=True)
+        reason = None if saved.get("identity", {}) == dict(identity) else (
+            f"it belongs to {saved.get('identity', {})}, this training is {dict(identity)}")
+    except Exception as error:  # a damaged file: torch raises several types
+        saved, reason = None, f"it cannot be read ({type(error).__name__}: {error})"
+    if reason is None:
+        return saved
+    aside = path.with_name(f"{path.name}.stale-{time.strftime('%Y%m%d-%H%M%S')}")
+    path.rename(aside)
+    log.warning("checkpoint %s is not resumed: %s; moved aside to %s, training starts fresh", path, reason, aside)
+    return None
+
+
+def _restore(path, saved, model, optimizer, lr_scheduler, generator, ema) -> TrainState:
     model.load_state_dict(saved["model"])
+    if ema is not None:
+        if saved.get("ema") is None:
+            raise ValueError(f"checkpoint {path} holds no EMA weights; delete it to train from scratch")
+        ema.load_state_dict(saved["ema"])
     optimizer.load_state_dict(saved["optimizer"])
     if lr_scheduler is not None and saved["lr_scheduler"] is not None:
         lr_scheduler.load_state_dict(saved["lr_scheduler"])
