@@ -234,3 +234,13 @@ def test_a_checkpoint_of_another_config_or_a_truncated_one_is_moved_aside_not_re
     truncated(checkpoint)
     run({"config": "lr-0.5", "seed": "0"}, epochs=4)  # unreadable: moved aside, fresh start, no crash
     assert len(list(tmp_path.glob("model.pt.ckpt.stale-*"))) >= 1 and "cannot be read" in caplog.text
+
+
+def test_changing_allow_random_weights_changes_what_fetch_weights_depends_on():
+    # the fetch_weights job's params are the network's description: an old status file of an
+    # offline run is never trusted once random stand-ins are no longer allowed
+    config = json.loads(json.dumps(DEMO))
+    before = build_plan(config, REPO).weights["timm--wide_resnet50_2.tv_in1k"]
+    config["methods"]["patchcore"]["demo"]["overrides"]["backbone"]["allow_random_weights"] = False
+    after = build_plan(config, REPO).weights["timm--wide_resnet50_2.tv_in1k"]
+    assert before["allow_random_weights"] and not after["allow_random_weights"] and before != after

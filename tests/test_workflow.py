@@ -455,6 +455,9 @@ def test_default_config_dry_run_and_lint_are_clean(tmp_path):
                             capture_output=True, text=True, cwd=REPO, timeout=300)
     assert result.returncode == 0, result.stderr[-4000:]
     assert "train" in result.stdout and "cache_features" in result.stdout
+    # every dataset is checked before any training starts (bad data fails first)
+    prepare = result.stdout[result.stdout.index("rule prepare_dataset:"):]
+    assert "priority: 100" in prepare[:prepare.index("resources:")]
     lint = subprocess.run(SNAKEMAKE + ["--lint"], capture_output=True, text=True, cwd=REPO, timeout=300)
     assert lint.returncode == 0, lint.stdout[-4000:] + lint.stderr[-4000:]
 
