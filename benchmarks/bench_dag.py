@@ -25,7 +25,7 @@ from io import BytesIO
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIGS = {"demo": [], "paper": ["config/datasets.yaml", "config/paper.yaml"]}
+CONFIGS = {"demo": ["config/config.yaml"], "paper": ["config/datasets.yaml", "config/paper.yaml"]}
 
 
 def export_tree(revision: str, into: Path) -> Path:
