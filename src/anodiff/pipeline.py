@@ -67,6 +67,7 @@ def setup_job(log_path: str | None, threads: int = 1) -> None:
     logging.basicConfig(
         stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    logging.captureWarnings(True)  # each warning once, as a log line (not also on raw stderr)
     torch.set_num_threads(max(1, threads))
 
 

@@ -215,8 +215,7 @@ def _load(
                 "whose numbers are not paper numbers."
             ) from error
         message = RANDOM_WEIGHTS_WARNING.format(name=weights.describe(), reason=_reason(error))
-        warnings.warn(message, stacklevel=3)
-        log.warning(message)
+        warnings.warn(message, stacklevel=3)  # jobs log warnings once (logging.captureWarnings)
         return _seeded(random_model), False
 
 
