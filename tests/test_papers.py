@@ -16,8 +16,28 @@ SPEC_DIR = REPO / "config" / "papers"
 PAPERS = ["diad", "inversion", "d3ad", "dpdiff"]
 # What the generated config/paper.yaml scheduled before the specs replaced it: the contract.
 SNAPSHOT = REPO / "tests" / "data" / "paper_plan_snapshot.json"
-# Intentional differences from the snapshot, "section/id": one-line reason. None so far.
-INTENTIONAL_DIFFERENCES: dict[str, str] = {}
+# Intentional differences from the snapshot, "section/id": one-line reason.
+_DIAD_PROTOCOL = "issue 17: the protocol text every DiAD table inherits names the official settings now reproduced"
+_D3AD_PROTOCOL = "issue 17 row 12: the protocol text every D3AD table inherits says eta/gamma are not chosen per category"
+INTENTIONAL_DIFFERENCES: dict[str, str] = {
+    "methods/diad": "issue 17 rows 7-8: a second SD run (sd, Table 5) beside the class-conditioned ldm; VGG maps at strides 4/8/16",
+    "methods/d3ad": "issue 17 row 10: Fig. 14's omega grid is the paper's 0.1, ..., 0.9 (was 0.25, 0.5, 0.75)",
+    "figures/d3ad/fig14": "issue 17 row 10: Fig. 14 plots the paper's 11 omega points",
+    "tables/diad/table1": _DIAD_PROTOCOL,
+    "tables/diad/table2": _DIAD_PROTOCOL,
+    "tables/diad/table3": _DIAD_PROTOCOL,
+    "tables/diad/table4": _DIAD_PROTOCOL,
+    "tables/diad/table5": "issue 17 row 8: the SD row maps to the sd run (not ldm), with a protocol note saying so",
+    "tables/diad/table6": "issue 17 row 7: a protocol note on the layers compared at strides 4/8/16",
+    "tables/d3ad/table1": _D3AD_PROTOCOL,
+    "tables/d3ad/table2": _D3AD_PROTOCOL,
+    "tables/d3ad/table3": _D3AD_PROTOCOL,
+    "tables/d3ad/table4": "issue 17 row 9: a protocol note saying the rows share domain adaptation",
+    "tables/d3ad/table5": _D3AD_PROTOCOL,
+    "tables/d3ad/table6": _D3AD_PROTOCOL,
+    "tables/d3ad/table7": _D3AD_PROTOCOL,
+    "tables/d3ad/table8": _D3AD_PROTOCOL,
+}
 
 
 def _sorted_keys(value):
@@ -54,8 +74,12 @@ def test_the_specs_schedule_what_the_old_paper_config_did():
                 differences.append(f"{section}/{key}")
     assert sorted(differences) == sorted(INTENTIONAL_DIFFERENCES)
     # the order of a method's variants counts too: the first matching one owns a reused model
+    # (an intentionally changed method keeps the order of the variants it shares with the snapshot)
     for method, variants in snapshot["methods"].items():
-        assert list(ours["methods"][method]) == list(variants), method
+        mine = list(ours["methods"][method])
+        if f"methods/{method}" in INTENTIONAL_DIFFERENCES:
+            mine, variants = [v for v in mine if v in variants], [v for v in variants if v in mine]
+        assert mine == list(variants), method
 
 
 def test_every_transcribed_table_has_a_spec_table():
