@@ -333,8 +333,9 @@ def _inversion_probe(entry, config, channels, spec, classes) -> Probe:
     import torch
 
     detector = _build(entry, config)
-    class_names = [f"class{i}" for i in range(classes)] if config.conditioning.class_conditional else None
-    unet = detector._build_unet(channels, class_names)
+    conditioning = getattr(config, "conditioning", None)  # the class-conditional unified variant
+    class_names = [f"class{i}" for i in range(classes)] if conditioning and conditioning.class_conditional else None
+    unet = detector._build_unet(channels, class_names) if class_names else detector._build_unet(channels)
     unet.train()
     size = config.backbone.feature_size
 
