@@ -1,8 +1,10 @@
-"""DPDiff-AD (seed 004): losses against POT and by hand, prototype attention structure, DDIM
-reconstruction with an exact noise model, Eq. 24 pooling by hand, the features it reads,
-fit/predict on synthetic images, training on a config without its inference keys,
-persistence, ablation switches, config and paper scale."""
+"""DPDiff-AD (seed 004): losses against POT and by hand, prototype attention structure, a
+denoiser whose output spans the token channels, DDIM reconstruction with an exact noise model,
+Eq. 24 pooling by hand, Gaussian smoothing against scipy, feature standardisation, the
+features it reads, fit/predict on synthetic images, training on a config without its
+inference keys, persistence, ablation switches, config, paper scale and every Table 7 backbone."""
 
+import math
 from dataclasses import asdict
 from pathlib import Path
 
@@ -12,9 +14,11 @@ import pytest
 import timm
 import torch
 from diffusers import DDPMScheduler
+from scipy.ndimage import gaussian_filter
 from sklearn.metrics import roc_auc_score
 
 from anodiff.config import ConfigError, UnavailableKeyError, deep_merge, load_method_config, training_view
+from anodiff.papers import load_paper_specs
 from anodiff.data.mvtec import MVTecDataset
 from anodiff.data.synthetic import generate_dataset
 from anodiff.features import FeatureExtractor, extract_features
@@ -27,8 +31,8 @@ from anodiff.methods.dpdiff.losses import (
     local_alignment_loss,
     squared_distances,
 )
-from anodiff.methods.dpdiff.method import DPDiffDetector
-from anodiff.methods.dpdiff.scoring import ddim_reconstruct, ddim_timesteps, image_score, upsample
+from anodiff.methods.dpdiff.method import DPDiffDetector, channel_statistics
+from anodiff.methods.dpdiff.scoring import ddim_reconstruct, ddim_timesteps, gaussian_smooth, image_score, upsample
 from anodiff.methods.dpdiff.torch_model import (
     DPDiffModel,
     PrototypeDiTBlock,
@@ -36,7 +40,8 @@ from anodiff.methods.dpdiff.torch_model import (
     build_denoiser,
 )
 
-DEFAULTS = Path(__file__).resolve().parents[1] / "config" / "methods" / "dpdiff.yaml"
+REPO = Path(__file__).resolve().parents[1]
+DEFAULTS = REPO / "config" / "methods" / "dpdiff.yaml"
 CHANNELS, GRID = 16, 4
 TINY = {  # a CPU-sized model on 16-channel 4x4 token grids; everything else keeps the paper defaults
     "backbone": {"image_size": 16, "feature_size": GRID},
@@ -138,8 +143,10 @@ def test_prototype_extractor_shapes_and_per_image_set_aggregation():
     moved = extractor(changed)
     torch.testing.assert_close(moved[1:], prototypes[1:])
     assert (moved[0] - prototypes[0]).abs().max() > 1e-3
-    with pytest.raises(ValueError, match="must divide the feature channels"):
-        PrototypeExtractor(3, CHANNELS, attention_head_dim=5, mlp_ratio=2.0)
+    # a head size that does not divide C: ceil(C / head) heads, the attention's inner width >= C
+    odd = PrototypeExtractor(3, 20, attention_head_dim=8, mlp_ratio=2.0)
+    assert odd.attention.heads == 3 and odd.attention.to_q.weight.shape == (24, 20)
+    assert odd(randn(2, 10, 20, seed=3)).shape == (2, 3, 20)
 
 
 def test_prototype_cross_attention_only_lets_tokens_read_prototypes():
@@ -181,6 +188,29 @@ def test_denoisers_map_tokens_to_noise_of_the_same_shape(architecture, num_proto
     assert (denoiser(x_t, torch.tensor([1, 501, 998]), prototypes) - eps).abs().max() > 1e-4  # timestep
     if num_prototypes:
         assert (denoiser(x_t, t, prototypes + 1.0) - eps).abs().max() > 1e-4  # prototype condition
+
+
+@pytest.mark.parametrize("architecture", ["dit", "uvit"])
+def test_dit_output_spans_the_token_channels(architecture):
+    # hidden_size 0 (the paper default): the width is C rounded up to the heads, so the noise
+    # predicted for N >= C random tokens has full rank C; a narrower DiT caps it at its width.
+    channels, grid = 24, 8  # N = 64 tokens
+    config = tiny_config({"denoiser": {"architecture": architecture,
+                                       "transformer": {"hidden_size": 0, "num_heads": 2}}}).denoiser
+    assert config.transformer.width(channels) == 24 and config.transformer.width(22) == 24
+    x_t, t = randn(1, grid * grid, channels, seed=1).double(), torch.tensor([300])
+    prototypes = randn(1, 10, channels, seed=2).double()
+
+    def rank(denoiser) -> int:  # in float64, so that the numerical rank is the exact one
+        randomise_zero_initialised(denoiser)
+        with torch.no_grad():
+            return torch.linalg.matrix_rank(denoiser.double()(x_t, t, prototypes)[0]).item()  # of (N, C)
+
+    assert rank(build_denoiser(config, channels, grid, 10)) == channels
+    narrow = tiny_config({"denoiser": {"architecture": architecture, "transformer": {"hidden_size": 8}}}).denoiser
+    with pytest.warns(UserWarning, match="rank <= 8"):
+        denoiser = build_denoiser(narrow, channels, grid, 10)
+    assert rank(denoiser) <= 8 + 1  # proj_out: width 8 plus its bias
 
 
 def test_fresh_dit_is_the_zero_predictor():
@@ -245,6 +275,60 @@ def test_upsampling_keeps_a_constant_map_and_the_map_size():
     torch.testing.assert_close(upsample(torch.full((2, 4, 4), 3.0), 16), torch.full((2, 16, 16), 3.0))
 
 
+@pytest.mark.parametrize("shape, sigma", [((2, 16, 20), 4.0), ((1, 5, 7), 1.5), ((1, 64, 64), 4.0)])
+def test_gaussian_smoothing_is_scipys_gaussian_filter(shape, sigma):
+    maps = torch.rand(*shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    expected = np.stack([gaussian_filter(m, sigma) for m in maps.numpy()])
+    np.testing.assert_allclose(gaussian_smooth(maps, sigma).numpy(), expected, rtol=0, atol=1e-12)
+    assert gaussian_smooth(maps, 0.0) is maps
+
+
+def test_predict_smooths_the_map_before_eq_24():
+    features = randn(12, CHANNELS, GRID, GRID)
+    detector = fitted(features=features)
+    test = feature_set(randn(3, CHANNELS, GRID, GRID, seed=4))
+    raw = detector.predict(test)
+    detector.config = tiny_config({"inference": {"smoothing_sigma": 4.0}})
+    smoothed = detector.predict(test)
+    expected = gaussian_smooth(torch.from_numpy(raw.anomaly_map).double(), 4.0).float()
+    np.testing.assert_allclose(smoothed.anomaly_map, expected.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(smoothed.image_score, image_score(torch.from_numpy(smoothed.anomaly_map), 4).numpy(),
+                               rtol=1e-6)
+
+
+# ----------------------------------------------------------------------------- standardisation
+def test_channel_statistics_by_hand():
+    features = torch.zeros(2, 2, 1, 2)
+    features[:, 0] = torch.tensor([[[1.0, 3.0]], [[5.0, 7.0]]])  # mean 4, population std sqrt(5)
+    features[:, 1] = 2.0  # constant: the std is floored, not 0
+    mean, std = channel_statistics(features, chunk=1)
+    torch.testing.assert_close(mean, torch.tensor([4.0, 2.0]))
+    assert std[0].item() == pytest.approx(math.sqrt(5)) and 0 < std[1].item() <= 1e-5
+
+
+def test_standardised_detector_ignores_per_channel_scale_and_shift(tmp_path):
+    # fit computes the statistics and saves them; a per-channel affine change of every feature
+    # (train and test alike) leaves the standardised tokens, hence all scores, unchanged
+    features, test = randn(12, CHANNELS, GRID, GRID), randn(3, CHANNELS, GRID, GRID, seed=5)
+    scale = torch.logspace(-2, 2, CHANNELS).view(1, -1, 1, 1)  # a few channels 100x larger, as DINOv2's
+    shift = randn(1, CHANNELS, 1, 1, seed=6) * 10
+    on = {"features": {"standardize": True}}
+    first = fitted(on, features)
+    second = fitted(on, features * scale + shift)
+    torch.testing.assert_close(first.feature_mean, features.mean(dim=(0, 2, 3)), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(second.predict(feature_set(test * scale + shift)).image_score,
+                               first.predict(feature_set(test)).image_score, rtol=1e-3, atol=1e-5)
+    torch.save(first.state_dict(), tmp_path / "model.pt")
+    restored = DPDiffDetector(tiny_config(on), torch.device("cpu"))
+    restored.load_state_dict(torch.load(tmp_path / "model.pt", weights_only=True))
+    np.testing.assert_array_equal(restored.predict(feature_set(test)).image_score,
+                                  first.predict(feature_set(test)).image_score)
+    off = {"features": {"standardize": False}}
+    with pytest.raises(ValueError, match="features.standardize does not match"):
+        DPDiffDetector(tiny_config(off), torch.device("cpu")).load_state_dict(first.state_dict())
+    assert fitted(off, features).state_dict()["feature_mean"] is None
+
+
 # ----------------------------------------------------------------------------- features
 def test_timm_vit_features_are_the_unnormalised_outputs_of_the_0_based_blocks():
     # What the feature cache holds for the paper's "layers 6-11" (Eq. 8-9): timm features_only
@@ -300,7 +384,8 @@ def test_state_dict_round_trip_gives_identical_predictions(tmp_path):
     original, reloaded = detector.predict(test), restored.predict(test)
     np.testing.assert_array_equal(original.image_score, reloaded.image_score)
     np.testing.assert_array_equal(original.anomaly_map, reloaded.anomaly_map)
-    assert set(detector.state_dict()) == {"model", "channels", "train_losses"}  # weights only
+    assert set(detector.state_dict()) == {"model", "channels", "feature_mean", "feature_std",
+                                          "train_losses"}  # weights and training statistics only
 
 
 def test_fit_on_a_training_view_reads_no_inference_key(tmp_path):
@@ -337,7 +422,7 @@ def test_prototype_only_variants_score_the_distance_to_the_nearest_prototype():
         model = detector.model
         assert model.denoiser is None and ENTRY.nfe(detector.config) == 0
         test = randn(3, CHANNELS, GRID, GRID, seed=5)
-        tokens = test.flatten(2).transpose(1, 2)
+        tokens = detector._tokens(test)  # standardised with the training statistics if configured
         with torch.no_grad():
             prototypes = model.prototypes(tokens)[0 if score == "local_prototypes" else 1]
             token_map = distance(tokens, prototypes).amin(dim=-1).view(3, GRID, GRID)
@@ -376,7 +461,8 @@ def test_trained_model_finds_synthetic_defects(tmp_path, one_thread):
         "prototypes": {"attention_head_dim": 16},
         "denoiser": {"transformer": {"hidden_size": 64, "depth": 2, "num_heads": 2}},
         "training": {"epochs": 40, "batch_size": 8, "lr": 1e-3},
-        "inference": {"timestep": 60, "pool_size": 16},
+        # standardised tokens (the default): t = 150 is the demo's best (config/methods/dpdiff.yaml)
+        "inference": {"timestep": 150, "pool_size": 16},
     })
     extractor = FeatureExtractor(ENTRY.feature_spec(config), tmp_path / "weights")
     train, test = (extract_features(extractor, MVTecDataset(tmp_path, "weave", split, 64),
@@ -403,6 +489,8 @@ def test_yaml_holds_the_paper_defaults_and_the_paper_model_builds():
         1000, 1e-4, 0.02)
     assert (config.training.lr, config.training.batch_size) == (1e-4, 32)
     assert config.denoiser.architecture == "dit" and ENTRY.nfe(config) == config.inference.num_ddim_steps == 3
+    assert config.features.standardize is True and config.inference.smoothing_sigma == 0.0
+    assert config.denoiser.transformer.width(768) == 768  # DINOv2-B's channels
     counts = {}
     for architecture in ("dit", "uvit", "unet"):
         paper = load_method_config(DPDiffConfig, DEFAULTS, {"denoiser": {"architecture": architecture}})
@@ -410,7 +498,38 @@ def test_yaml_holds_the_paper_defaults_and_the_paper_model_builds():
             model = DPDiffModel(paper.prototypes, paper.denoiser, 768, paper.backbone.feature_size)
         counts[architecture] = sum(p.numel() for p in model.parameters())
         print(f"paper-scale DPDiff-AD ({architecture}): {counts[architecture] / 1e6:.2f}M parameters")
-    assert 40e6 < counts["dit"] < 80e6  # DiT-S/1 + two prototype extractors
+    assert 60e6 < counts["dit"] < 80e6  # 4 DiT blocks of width 768 (55.1M) + two prototype extractors
+
+
+def _table7_backbones():
+    """(variant, its config) of every row of DPDiff-AD Table 7 in config/papers/dpdiff.yaml."""
+    plan = load_paper_specs(["diad", "inversion", "d3ad", "dpdiff"], REPO / "config" / "papers")
+    variants = plan["methods"]["dpdiff"]
+    return [(row["variant"], load_method_config(DPDiffConfig, DEFAULTS, variants[row["variant"]].get("overrides", {})))
+            for row in plan["tables"]["dpdiff/table7"]["rows"]]
+
+
+@pytest.mark.parametrize("variant, config", _table7_backbones(), ids=lambda value: value if isinstance(value, str) else "")
+def test_every_table_7_backbone_builds_and_runs(variant, config):
+    # the channel count each backbone gives (timm feature_info, no weights), the model built and
+    # run on meta tensors at paper size: the CNN stages (176, 248, 312 channels) used to crash
+    backbone = config.backbone
+    with torch.device("meta"):
+        features = timm.create_model(backbone.name, pretrained=False, features_only=True,
+                                     out_indices=tuple(backbone.layers))
+    widths = features.feature_info.channels()
+    channels = widths[0] if backbone.aggregate == "mean" else sum(widths)
+    assert backbone.aggregate == "concat" or len(set(widths)) == 1
+    grid = backbone.feature_size
+    with torch.device("meta"):
+        model = DPDiffModel(config.prototypes, config.denoiser, channels, grid)
+        tokens = torch.empty(2, grid * grid, channels)
+        local, global_ = model.prototypes(tokens)
+        condition = torch.cat([local, global_], dim=1)
+        eps = model.denoiser(tokens, torch.tensor([300, 10]), condition)
+    assert local.shape == (2, 8, channels) and global_.shape == (2, 2, channels)
+    assert eps.shape == tokens.shape
+    assert model.denoiser.embed_tokens.out_features >= channels  # the DiT spans the token channels
 
 
 def test_typo_and_invalid_values_raise_config_errors():

@@ -1,6 +1,7 @@
 """The inversion method (seed 002): DDIM maths on toy models with known answers, scores by
-hand, training-set normalisation (calibration), end-to-end fit/predict, training on a config
-without its inference keys, persistence, config, and signal."""
+hand (the Recon. baseline's MSE), training-set normalisation (calibration), the official
+learning-rate schedule, EMA scoring, the class-conditional unified model, end-to-end
+fit/predict, training on a config without its inference keys, persistence, config, and signal."""
 
 import math
 from dataclasses import asdict
@@ -16,7 +17,8 @@ from anodiff.config import ConfigError, UnavailableKeyError, deep_merge, load_me
 from anodiff.methods import get_method
 from anodiff.methods.base import FeatureSet, TrainCallbacks
 from anodiff.methods.inversion import ENTRY, InversionConfig
-from anodiff.methods.inversion.method import InversionDetector
+from anodiff.methods.inversion import method as inversion_method
+from anodiff.methods.inversion.method import InversionDetector, warmup_cosine_lr
 from anodiff.methods.inversion.inversion import (
     ddim_invert,
     ddim_sample,
@@ -25,6 +27,8 @@ from anodiff.methods.inversion.inversion import (
     map_range,
     min_max_normalize,
     nll_score,
+    reconstruction_error_map,
+    reconstruction_score,
     reconstruction_timesteps,
     spatial_norm_map,
 )
@@ -34,7 +38,8 @@ TINY = {  # a CPU-sized model; everything else keeps the paper defaults
     "backbone": {"image_size": 16, "feature_size": 4},
     "unet": {"block_out_channels": [32, 32], "layers_per_block": 1, "norm_num_groups": 8,
              "attention_resolutions": [], "mid_block_attention": False},
-    "training": {"epochs": 2, "batch_size": 8, "lr": 1e-3, "warmup_epochs": 1},
+    "training": {"epochs": 2, "batch_size": 8, "lr": 1e-3, "warmup_epochs": 1,
+                 "ema_decay": 0.9},  # a short EMA: tiny runs take few steps
     "inference": {"batch_size": 5},
 }
 QUIET = TrainCallbacks(show_progress=False)
@@ -44,10 +49,11 @@ def tiny_config(overrides=None) -> InversionConfig:
     return load_method_config(InversionConfig, DEFAULTS, deep_merge(TINY, overrides or {}))
 
 
-def feature_set(features: torch.Tensor, image_size: int = 16, labels=None) -> FeatureSet:
+def feature_set(features: torch.Tensor, image_size: int = 16, labels=None, categories=None) -> FeatureSet:
     n = len(features)
     return FeatureSet(features=features, labels=np.zeros(n, int) if labels is None else labels,
-                      image_paths=[f"{i}.png" for i in range(n)], categories=["toy"] * n,
+                      image_paths=[f"{i}.png" for i in range(n)],
+                      categories=["toy"] * n if categories is None else list(categories),
                       defect_types=["good"] * n, image_size=image_size)
 
 
@@ -198,7 +204,7 @@ def test_min_max_normalize():
 def test_combined_score_is_normalised_with_training_statistics():
     train = random_features()
     detector = fitted(features=train)
-    train_scores = detector._score(train, reconstruct=False, with_maps=False, progress=False)
+    train_scores = detector._score(train, None, reconstruct=False, with_maps=False, progress=False)
     for name in ("nll", "spatial_norm"):
         assert detector.score_stats[f"{name}_min"] == pytest.approx(train_scores[name].min().item())
         assert detector.score_stats[f"{name}_max"] == pytest.approx(train_scores[name].max().item())
@@ -229,7 +235,7 @@ def test_fit_predict_shapes_finite_and_deterministic():
 def test_state_dict_round_trip_gives_identical_predictions(tmp_path):
     detector = fitted()
     torch.save(detector.state_dict(), tmp_path / "model.pt")
-    assert set(detector.state_dict()) == {"unet", "channels", "train_losses"}  # weights only
+    assert set(detector.state_dict()) == {"unet", "channels", "class_names", "train_losses"}  # weights only
     restored = InversionDetector(tiny_config(), torch.device("cpu"))
     restored.load_state_dict(torch.load(tmp_path / "model.pt", weights_only=True))
     restored.load_calibration(detector.calibrate(feature_set(random_features())))
@@ -253,7 +259,7 @@ def test_calibrate_redoes_the_score_range_for_new_inference_settings():
     assert state == reused.score_stats != detector.score_stats
     assert set(state) == {"nll_min", "nll_max", "spatial_norm_min", "spatial_norm_max"}
     assert all(type(value) is float for value in state.values())  # JSON-able
-    scores = reused._score(train.features, reconstruct=False, with_maps=False, progress=False)
+    scores = reused._score(train.features, None, reconstruct=False, with_maps=False, progress=False)
     assert state["nll_max"] == pytest.approx(scores["nll"].max().item())
     # scores that are not normalised need no calibration
     nll = InversionDetector(tiny_config({"inference": {"score": "nll"}}), torch.device("cpu"))
@@ -278,15 +284,112 @@ def test_fit_on_a_training_view_reads_no_inference_key(tmp_path):
     np.testing.assert_array_equal(scorer.predict(test).image_score, fitted().predict(test).image_score)
 
 
-def test_reconstruction_variant_scores_the_max_of_the_error_map():
+def test_reconstruction_score_is_the_mse_by_hand():
+    # Fig. 1 / official evaluate_recon: the image score is mean((x_rec - x)^2) over C, h, w
+    x0 = torch.zeros(2, 2, 1, 2)
+    x0_hat = torch.tensor([[1.0, 2.0], [3.0, 4.0]]).view(1, 2, 1, 2).repeat(2, 1, 1, 1)
+    x0_hat[1] = 0.0
+    x0_hat[1, 0, 0, 0] = 2.0  # one error of 2 among 4 values
+    torch.testing.assert_close(reconstruction_score(x0, x0_hat), torch.tensor([30 / 4, 1.0]))
+    torch.testing.assert_close(reconstruction_error_map(x0, x0_hat),
+                               torch.tensor([[[5.0, 10.0]], [[2.0, 0.0]]]))  # channel means; max != MSE
+
+
+def test_reconstruction_variant_scores_the_mse_of_the_denoised_features(monkeypatch):
+    # With eps_theta = 0, DDIM from x_t ends at x_t / sqrt(alpha_t) (f_theta = x / sqrt(alpha),
+    # then rescaled at each step), so x0_hat - x0 = sqrt((1 - a) / a) n for the perturbation
+    # noise n, and the Recon. score is (1 - a) / a * mean(n^2), the same for every image.
+    monkeypatch.setattr(inversion_method, "as_eps_model",
+                        lambda unet, labels=None: lambda x, t: torch.zeros_like(x))
     detector = fitted({"inference": {"score": "reconstruction", "reconstruction_steps": 10,
                                      "reconstruction_start_fraction": 0.2}})
+    a = detector.alphas_cumprod[reconstruction_timesteps(10, 0.2, 1000)[-1]].item()
+    noise = detector._reconstruction_noise()
+    expected = (1 - a) / a * noise.pow(2).mean().item()
     prediction = detector.predict(feature_set(random_features(5, seed=3)))
     assert set(prediction.extras) == {"nll", "spatial_norm", "reconstruction"}
     np.testing.assert_array_equal(prediction.image_score, prediction.extras["reconstruction"])
+    np.testing.assert_allclose(prediction.image_score, expected, rtol=1e-4)
     assert prediction.anomaly_map.shape == (5, 16, 16) and np.isfinite(prediction.anomaly_map).all()
-    # the anomaly map is the upsampled error map, so its maximum cannot exceed the image score
-    assert (prediction.anomaly_map.reshape(5, -1).max(axis=1) <= prediction.image_score + 1e-6).all()
+
+
+def test_reconstruction_score_is_the_mean_of_its_error_map_with_a_trained_model():
+    detector = fitted({"inference": {"score": "reconstruction", "reconstruction_steps": 10,
+                                     "reconstruction_start_fraction": 0.2}})
+    scores = detector._score(random_features(5, seed=3), None, reconstruct=True, with_maps=True, progress=False)
+    torch.testing.assert_close(scores["reconstruction"], scores["map"].flatten(1).mean(dim=1))
+    assert (scores["reconstruction"] < scores["map"].flatten(1).amax(dim=1)).all()
+
+
+# ----------------------------------------------------------------------------- training schedule and EMA
+def test_learning_rate_follows_the_official_warmup_cosine_schedule():
+    # src/utils.py WarmupCosineAnnealingScheduler: 1e-6 -> 5e-5 over the warm-up, cosine to 1e-6
+    lr = [warmup_cosine_lr(step, 40, 1000, 1e-6, 5e-5, 1e-6) for step in range(1000)]
+    assert lr[0] == 1e-6 and lr[20] == pytest.approx(1e-6 + (5e-5 - 1e-6) / 2)
+    assert lr[40] == 5e-5 and max(lr) == 5e-5
+    assert lr[520] == pytest.approx((5e-5 + 1e-6) / 2)  # halfway through the decay
+    assert min(lr[40:]) == lr[-1] > 1e-6 and lr[-1] == pytest.approx(1e-6, rel=1e-3)  # the floor, not 0
+    assert all(b <= a for a, b in zip(lr[40:], lr[41:]))
+
+
+
+def test_fit_steps_the_optimiser_with_the_official_schedule(monkeypatch):
+    calls = []
+
+    def recording(*args):
+        calls.append(args)
+        return warmup_cosine_lr(*args)
+
+    monkeypatch.setattr(inversion_method, "warmup_cosine_lr", recording)
+    fitted({"training": {"epochs": 3, "warmup_epochs": 1, "lr": 1e-3, "warmup_start_lr": 1e-5, "min_lr": 1e-4}})
+    # 16 images, batch 8: 2 steps per epoch; LambdaLR asks for steps 0..6 (the last after the last step)
+    assert [c[0] for c in calls] == list(range(7))
+    assert {c[1:] for c in calls} == {(2, 6, 1e-5, 1e-3, 1e-4)}
+
+
+def test_predict_scores_with_the_ema_weights():
+    detector = fitted()  # ema_decay 0.9 over 4 steps: the EMA is far from the raw weights
+    ema, raw = detector.unet.state_dict(), detector.trained_unet.state_dict()
+    assert any(not torch.equal(ema[k], raw[k]) for k in ema)
+    assert all(torch.equal(detector.state_dict()["unet"][k], ema[k]) for k in ema)  # what is saved
+    test = feature_set(random_features(4, seed=8))
+    train = feature_set(random_features())
+    scores = detector.predict(test).image_score
+    for weights, same in ((ema, True), (raw, False)):
+        other = InversionDetector(tiny_config(), torch.device("cpu"))
+        other.load_state_dict({**detector.state_dict(), "unet": weights})
+        other.calibrate(train)
+        assert np.array_equal(other.predict(test).image_score, scores) == same
+    # ema_decay 0 scores the raw weights
+    plain = fitted({"training": {"ema_decay": 0.0}})
+    assert all(torch.equal(v, plain.trained_unet.state_dict()[k]) for k, v in plain.unet.state_dict().items())
+
+
+# ----------------------------------------------------------------------------- class-conditional unified model
+def test_class_conditional_model_takes_each_images_category(tmp_path):
+    features = random_features(16)
+    categories = ["bottle"] * 8 + ["cable"] * 8
+    config = tiny_config({"conditioning": {"class_conditional": True}})
+    detector = InversionDetector(config, torch.device("cpu"))
+    detector.fit(feature_set(features, categories=categories), QUIET)
+    detector.calibrate(feature_set(features, categories=categories))
+    state = detector.state_dict()
+    assert state["class_names"] == ["bottle", "cable"]
+    assert detector.unet.class_embedding.num_embeddings == 2
+    test = random_features(3, seed=9)
+    as_bottle = detector.predict(feature_set(test, categories=["bottle"] * 3))
+    as_cable = detector.predict(feature_set(test, categories=["cable"] * 3))
+    assert not np.allclose(as_bottle.extras["nll"], as_cable.extras["nll"])  # the label conditions eps
+    restored = InversionDetector(config, torch.device("cpu"))
+    torch.save(state, tmp_path / "model.pt")
+    restored.load_state_dict(torch.load(tmp_path / "model.pt", weights_only=True))
+    restored.load_calibration(detector.score_stats)
+    np.testing.assert_array_equal(restored.predict(feature_set(test, categories=["cable"] * 3)).image_score,
+                                  as_cable.image_score)
+    with pytest.raises(ValueError, match="were not in the class-conditional model's training set"):
+        detector.predict(feature_set(test, categories=["screw"] * 3))
+    with pytest.raises(ValueError, match="class_conditional does not match"):
+        InversionDetector(tiny_config(), torch.device("cpu")).load_state_dict(state)
 
 
 def test_clear_errors_for_untrained_model_and_wrong_features():
@@ -339,12 +442,14 @@ def test_yaml_holds_the_paper_defaults():
     assert config.training.epochs == 1000
     assert config.diffusion.num_train_timesteps == 1000 and config.diffusion.beta_schedule == "linear"
     assert config.inference.num_inversion_steps == 2 and config.inference.score == "combined"
-    assert config.backbone.name == "efficientnet_b4" and config.backbone.layers == (0, 1, 2, 3)
+    assert config.backbone.name == "tf_efficientnet_b4.aa_in1k" and config.backbone.layers == (0, 1, 2, 3)
+    assert config.training.ema_decay == 0.999 and config.training.min_lr == config.training.warmup_start_lr == 1e-6
+    assert config.conditioning.class_conditional is False
     assert (config.backbone.image_size, config.backbone.feature_size) == (256, 16)
     assert config.unet.block_out_channels == (256, 256, 512, 512)
     assert get_method("inversion") is ENTRY
     spec = ENTRY.feature_spec(config)
-    assert (spec.backbone, spec.layers, spec.feature_size) == ("efficientnet_b4", (0, 1, 2, 3), 16)
+    assert (spec.backbone, spec.layers, spec.feature_size) == ("tf_efficientnet_b4.aa_in1k", (0, 1, 2, 3), 16)
 
 
 def test_typo_and_invalid_values_raise_config_errors():

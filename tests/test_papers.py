@@ -19,6 +19,10 @@ SNAPSHOT = REPO / "tests" / "data" / "paper_plan_snapshot.json"
 # Intentional differences from the snapshot, "section/id": one-line reason.
 _DIAD_PROTOCOL = "issue 17: the protocol text every DiAD table inherits names the official settings now reproduced"
 _D3AD_PROTOCOL = "issue 17 row 12: the protocol text every D3AD table inherits says eta/gamma are not chosen per category"
+_DPDIFF_PROTOCOL = ("issue 18 rows 7, 8, 10: the protocol text every DPDiff-AD table inherits names the DiT size, "
+                    "the token standardisation and the t sweep as ours")
+_INVERSION_PROTOCOL = ("issue 18 row 2: the protocol text every InversionAD table inherits says we score the EMA and "
+                       "select no checkpoint on test")
 INTENTIONAL_DIFFERENCES: dict[str, str] = {
     "methods/diad": "issue 17 rows 7-8: a second SD run (sd, Table 5) beside the class-conditioned ldm; VGG maps at strides 4/8/16",
     "methods/d3ad": "issue 17 row 10: Fig. 14's omega grid is the paper's 0.1, ..., 0.9 (was 0.25, 0.5, 0.75)",
@@ -37,6 +41,32 @@ INTENTIONAL_DIFFERENCES: dict[str, str] = {
     "tables/d3ad/table6": _D3AD_PROTOCOL,
     "tables/d3ad/table7": _D3AD_PROTOCOL,
     "tables/d3ad/table8": _D3AD_PROTOCOL,
+    "methods/inversion": "issue 18 row 5: the official class-conditional unified model as variant unified-cond (appended)",
+    "figures/inversion/ablation_unified": "issue 18 row 5: its ablation (not a printed table row): per-category vs unified",
+    "tables/inversion/table1": _INVERSION_PROTOCOL,
+    "tables/inversion/table2": _INVERSION_PROTOCOL + "; row 6: a note that Ours* (test-selected S) is not run",
+    "tables/inversion/table3": _INVERSION_PROTOCOL + "; row 6: a note that Ours* (test-selected S) is not run",
+    "tables/inversion/table4": _INVERSION_PROTOCOL + "; row 1: a note that Recon. scores the features' MSE",
+    "methods/dpdiff": "issue 18 row 10: Fig. 6's t sweep spans 50-900 around the guessed t = 300 (4 variants added)",
+    "figures/dpdiff/fig6_timestep": "issue 18 row 10: the t sweep's new points and a caption naming the guess",
+    "tables/dpdiff/table1": _DPDIFF_PROTOCOL,
+    "tables/dpdiff/table2": _DPDIFF_PROTOCOL,
+    "tables/dpdiff/table3": _DPDIFF_PROTOCOL,
+    "tables/dpdiff/table4": _DPDIFF_PROTOCOL,
+    "tables/dpdiff/table5": _DPDIFF_PROTOCOL,
+    "tables/dpdiff/table6": _DPDIFF_PROTOCOL,
+    "tables/dpdiff/table7": _DPDIFF_PROTOCOL,
+    "tables/dpdiff/table8": _DPDIFF_PROTOCOL,
+    "tables/dpdiff/table9": _DPDIFF_PROTOCOL,
+    "tables/dpdiff/tableB1": _DPDIFF_PROTOCOL,
+    "tables/dpdiff/tableB2": _DPDIFF_PROTOCOL,
+    "tables/dpdiff/tableB3": _DPDIFF_PROTOCOL,
+    "tables/dpdiff/tableB4": _DPDIFF_PROTOCOL,
+    "tables/dpdiff/tableB5": _DPDIFF_PROTOCOL,
+    "tables/dpdiff/tableB6": _DPDIFF_PROTOCOL,
+    "tables/dpdiff/tableB7": _DPDIFF_PROTOCOL,
+    "tables/dpdiff/tableB8": _DPDIFF_PROTOCOL,
+    "tables/dpdiff/tableB9": _DPDIFF_PROTOCOL,
 }
 
 

@@ -21,7 +21,7 @@ TINY = {
     "dpdiff": ({"backbone": {"name": "resnet18", "layers": [1], "image_size": 32, "feature_size": 4,
                              "allow_random_weights": True},
                 "prototypes": {"attention_head_dim": 16},
-                "denoiser": {"transformer": {"hidden_size": 32, "depth": 1, "num_heads": 2}},
+                "denoiser": {"transformer": {"hidden_size": 64, "depth": 1, "num_heads": 2}},
                 "training": {"epochs": 1}, "inference": {"pool_size": 8}},
                3),
     "diad": ({"image_size": 32,

@@ -8,6 +8,7 @@ Tables 5-9 and Fig. 5-6 are ordinary fields (see the YAML's comments).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -23,7 +24,7 @@ class PrototypeConfig:
 
     num_local: int  # M; 0 switches the local prototypes off (Table 5, Fig. 5)
     num_global: int  # K; 0 switches the global prototypes off
-    attention_head_dim: int  # channels per head of the Eq. 10 cross-attention
+    attention_head_dim: int  # channels per head of the Eq. 10 cross-attention (heads: see num_heads)
     mlp_ratio: float  # FFN hidden width / feature channels (Eq. 10)
     ot_epsilon: float  # entropic weight of Eq. 13, as a fraction of the image's mean cost
     ot_max_iterations: int  # Sinkhorn iterations (log domain)
@@ -31,6 +32,15 @@ class PrototypeConfig:
     def total(self) -> int:
         """M + K: the number of prototypes the denoiser attends to."""
         return self.num_local + self.num_global
+
+    def num_heads(self, channels: int) -> int:
+        """Heads of the Eq. 10 cross-attention on C-channel tokens: ``ceil(C / attention_head_dim)``.
+
+        The attention projects C channels to ``heads * attention_head_dim >= C`` (its inner
+        width, which need not equal C), so any channel count works (e.g. 176 for the
+        EfficientNet-B0 stages of Table 7: 3 heads of 64, inner width 192).
+        """
+        return math.ceil(channels / self.attention_head_dim)
 
     def __post_init__(self) -> None:
         if self.num_local < 0 or self.num_global < 0:
@@ -54,16 +64,29 @@ class PrototypeConfig:
 class TransformerConfig:
     """Size of the DiT (and U-ViT) denoiser (Sec. 4.2)."""
 
-    hidden_size: int  # token width inside the denoiser
+    hidden_size: int  # token width inside the denoiser; 0 = the token channels C (see width())
     depth: int  # number of blocks
     num_heads: int  # heads of the self- and prototype cross-attention
     mlp_ratio: float  # FFN hidden width / hidden_size
 
+    def width(self, channels: int) -> int:
+        """The denoiser's width on C-channel tokens: ``hidden_size``, or for 0 the smallest
+        multiple of ``num_heads`` (and of 4, for the 2-D sin-cos positions) that is >= C.
+
+        A width below C caps the rank of the predicted noise (B, N, C) at the width: the
+        channels outside the output projection's range would never be denoised.
+        """
+        if self.hidden_size:
+            return self.hidden_size
+        step = math.lcm(self.num_heads, 4)
+        return math.ceil(channels / step) * step
+
     def __post_init__(self) -> None:
-        if self.depth < 1 or self.num_heads < 1 or self.hidden_size % self.num_heads:
+        if self.depth < 1 or self.num_heads < 1 or self.hidden_size < 0 or self.hidden_size % self.num_heads:
             raise ValueError(
-                f"need transformer.depth >= 1 and num_heads dividing hidden_size, got depth "
-                f"{self.depth}, hidden_size {self.hidden_size}, num_heads {self.num_heads}"
+                f"need transformer.depth >= 1, hidden_size >= 0 (0 = the token channels) and num_heads "
+                f"dividing hidden_size, got depth {self.depth}, hidden_size {self.hidden_size}, num_heads "
+                f"{self.num_heads}"
             )
         if self.mlp_ratio <= 0:
             raise ValueError(f"transformer.mlp_ratio must be > 0, got {self.mlp_ratio}")
@@ -106,6 +129,13 @@ class DenoiserConfig:
 
 
 @dataclass
+class FeaturesConfig:
+    """What is done to the backbone tokens before anything else (not in the paper)."""
+
+    standardize: bool  # per-channel (x - mean) / std with the training tokens' statistics (fit)
+
+
+@dataclass
 class LossConfig:
     """Weights of the overall objective Eq. 19."""
 
@@ -145,6 +175,7 @@ class InferenceConfig:
     timestep: int  # t: tokens and prototypes are perturbed to it (0-based diffusers index)
     num_ddim_steps: int  # S: DDIM steps on an even grid from t down (= NFE)
     pool_size: int  # side of the average pooling before the max of Eq. 24, in pixels
+    smoothing_sigma: float  # Gaussian smoothing of the upsampled map S_up, in pixels; 0 = none
     noise_seed: int  # the one perturbation noise shared by all test images
     batch_size: int  # test images per forward pass (no effect on scores)
 
@@ -159,6 +190,8 @@ class InferenceConfig:
                 f"inference.pool_size and batch_size must be >= 1, got {self.pool_size} and "
                 f"{self.batch_size}"
             )
+        if self.smoothing_sigma < 0:
+            raise ValueError(f"inference.smoothing_sigma must be >= 0 (0 = no smoothing), got {self.smoothing_sigma}")
 
 
 @dataclass
@@ -166,6 +199,7 @@ class DPDiffConfig:
     """Every hyper-parameter of the method; defaults in ``config/methods/dpdiff.yaml``."""
 
     backbone: BackboneConfig
+    features: FeaturesConfig
     prototypes: PrototypeConfig
     denoiser: DenoiserConfig
     losses: LossConfig

@@ -5,8 +5,11 @@ frozen, layer-averaged backbone tokens with the overall objective Eq. 19; ``pred
 perturbs each test image's tokens and prototypes to timestep t, denoises the tokens with a
 few DDIM steps conditioned on the prototypes, and scores the squared reconstruction error
 (Eq. 22-24). Unified multi-class training is just ``fit`` on several categories' tokens:
-the method has no category input. Features are used as extracted (the paper does not
-standardise them).
+the method has no category input. With ``features.standardize`` (not in the paper) every
+token is first standardised per channel with the mean and standard deviation of the
+training tokens, computed in ``fit`` and saved with the weights; the whole method (prototypes,
+diffusion, the Eq. 22 error) then works in those units. ``inference.smoothing_sigma``
+optionally blurs the upsampled map before Eq. 24.
 """
 
 from __future__ import annotations
@@ -30,7 +33,13 @@ from anodiff.methods.dpdiff.losses import (
     local_alignment_loss,
     squared_distances,
 )
-from anodiff.methods.dpdiff.scoring import ddim_reconstruct, image_score, reconstruction_error_map, upsample
+from anodiff.methods.dpdiff.scoring import (
+    ddim_reconstruct,
+    gaussian_smooth,
+    image_score,
+    reconstruction_error_map,
+    upsample,
+)
 from anodiff.methods.dpdiff.torch_model import DPDiffModel, concat_prototypes
 from anodiff.training import train_epochs
 
@@ -38,6 +47,27 @@ from anodiff.training import train_epochs
 def to_tokens(features: torch.Tensor) -> torch.Tensor:
     """Cached feature maps (B, C, s, s) -> tokens ``x`` (B, N = s * s, C), row-major (Eq. 9)."""
     return features.flatten(2).transpose(1, 2)
+
+
+def channel_statistics(features: torch.Tensor, chunk: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and standard deviation (C,) of (N, C, s, s) features over N, s, s.
+
+    Accumulated in float64 over chunks of images (a paper-size cache does not fit twice in
+    memory); the standard deviation is the population one, floored at 1e-6 of the largest so
+    that a constant channel does not divide by zero.
+    """
+    channels = features.shape[1]
+    total = torch.zeros(channels, dtype=torch.float64)
+    squares = torch.zeros(channels, dtype=torch.float64)
+    for start in range(0, len(features), chunk):
+        part = features[start : start + chunk].to(torch.float64).transpose(0, 1).reshape(channels, -1)
+        total += part.sum(dim=1)
+        squares += part.pow(2).sum(dim=1)
+    count = features.numel() // channels
+    mean = total / count
+    std = (squares / count - mean.pow(2)).clamp_min(0).sqrt()
+    std = std.clamp_min(1e-6 * float(std.max()) if float(std.max()) > 0 else 1.0)
+    return mean.float(), std.float()
 
 
 class DPDiffDetector:
@@ -55,6 +85,8 @@ class DPDiffDetector:
         )
         self.model: DPDiffModel | None = None
         self.channels: int | None = None
+        self.feature_mean: torch.Tensor | None = None  # (C,) training statistics (features.standardize)
+        self.feature_std: torch.Tensor | None = None
         self.train_losses: list[float] = []
         self._loss_terms: dict[str, list[tuple[float, int]]] = defaultdict(list)  # (value, batch size)
 
@@ -72,6 +104,17 @@ class DPDiffDetector:
         if self.model is None:
             raise RuntimeError("the detector is not trained: call fit() or load_state_dict() first")
         return self.model
+
+    def _tokens(self, features: torch.Tensor) -> torch.Tensor:
+        """Cached feature maps (B, C, s, s) -> the tokens (B, N, C) the model sees, on the device:
+        standardised with the training statistics when ``features.standardize``."""
+        tokens = to_tokens(features.to(self.device))
+        if self.config.features.standardize:
+            if self.feature_mean is None:
+                raise RuntimeError("features.standardize needs the training statistics: call fit() or "
+                                   "load_state_dict() first")
+            tokens = (tokens - self.feature_mean.to(self.device)) / self.feature_std.to(self.device)
+        return tokens
 
     def _check_features(self, features: torch.Tensor, split: str) -> None:
         size = self.config.backbone.feature_size
@@ -94,7 +137,7 @@ class DPDiffDetector:
         over elements) also trains the extractors through the prototype condition.
         """
         model, config = self._fitted_model(), self.config
-        x0 = to_tokens(batch)  # (B, N, C)
+        x0 = self._tokens(batch)  # (B, N, C)
         local, global_ = model.prototypes(x0)  # Eq. 10
         terms: dict[str, torch.Tensor] = {}
         if local is not None:
@@ -124,6 +167,9 @@ class DPDiffDetector:
         """
         self._check_features(train.features, "training")
         model = self._build_model(int(train.features.shape[1]))
+        self.feature_mean = self.feature_std = None
+        if self.config.features.standardize:
+            self.feature_mean, self.feature_std = channel_statistics(train.features)
         training = self.config.training
         optimizer = torch.optim.Adam(model.parameters(), lr=training.lr)
         self._loss_terms.clear()
@@ -178,8 +224,9 @@ class DPDiffDetector:
     def predict(self, test: FeatureSet) -> Prediction:
         """Image scores (N,) and anomaly maps (N, H, W) at ``test.image_size`` (Eq. 22-24).
 
-        The map is the token score map bilinearly upsampled to the image (Eq. 23, ``S_up``);
-        the image score is the maximum of its ``pool_size`` average pooling (Eq. 24).
+        The map is the token score map bilinearly upsampled to the image (Eq. 23, ``S_up``),
+        blurred when ``inference.smoothing_sigma`` > 0; the image score is the maximum of the
+        map's ``pool_size`` average pooling (Eq. 24).
         """
         self._fitted_model()
         self._check_features(test.features, "test")
@@ -190,22 +237,31 @@ class DPDiffDetector:
         maps, scores = [], []
         for start in tqdm(range(0, len(test), inference.batch_size), desc="predict", unit="batch",
                           leave=False):
-            x0 = to_tokens(test.features[start : start + inference.batch_size].to(self.device))
+            x0 = self._tokens(test.features[start : start + inference.batch_size])
             anomaly_map = upsample(self._token_score_map(x0), test.image_size)  # (B, H, W)
+            anomaly_map = gaussian_smooth(anomaly_map, inference.smoothing_sigma)
             scores.append(image_score(anomaly_map, inference.pool_size).float().cpu())
             maps.append(anomaly_map.float().cpu())
         return Prediction(image_score=torch.cat(scores).numpy(), anomaly_map=torch.cat(maps).numpy())
 
     # ------------------------------------------------------------------------- persistence
     def state_dict(self) -> dict[str, Any]:
+        """The weights, and the training statistics of ``features.standardize`` (None when off)."""
         return {
             "model": {k: v.cpu() for k, v in self._fitted_model().state_dict().items()},
             "channels": self.channels,
+            "feature_mean": self.feature_mean,
+            "feature_std": self.feature_std,
             "train_losses": list(self.train_losses),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        mean, std = state.get("feature_mean"), state.get("feature_std")
+        if self.config.features.standardize != (mean is not None):
+            raise ValueError("features.standardize does not match the saved model (its statistics are "
+                             f"{'missing' if mean is None else 'present'})")
         self._build_model(int(state["channels"])).load_state_dict(state["model"])
+        self.feature_mean, self.feature_std = mean, std
         self.train_losses = list(state["train_losses"])
 
 

@@ -88,6 +88,36 @@ def upsample(score_map: torch.Tensor, image_size: int) -> torch.Tensor:
     return F.interpolate(score_map[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
 
 
+def _reflect_indices(size: int, radius: int, device: torch.device) -> torch.Tensor:
+    """Indices of a line of ``size`` padded by ``radius`` on both sides, mirrored about the
+    edges with the edge repeated (``d c b a | a b c d | d c b a``: scipy's ``reflect`` mode),
+    for any ``radius`` (the pattern repeats with period ``2 * size``)."""
+    index = torch.arange(-radius, size + radius, device=device) % (2 * size)
+    return torch.where(index < size, index, 2 * size - 1 - index)
+
+
+def gaussian_smooth(maps: torch.Tensor, sigma: float, truncate: float = 4.0) -> torch.Tensor:
+    """A Gaussian blur of (B, H, W) maps with standard deviation ``sigma`` pixels.
+
+    The same filter as ``scipy.ndimage.gaussian_filter(map, sigma)`` (the anomaly-map
+    post-processing of e.g. Dinomaly and the ADer benchmark code, sigma = 4): a separable,
+    normalised kernel of radius ``int(truncate * sigma + 0.5)`` with ``reflect`` borders.
+    ``sigma = 0`` returns the maps unchanged.
+    """
+    if sigma <= 0:
+        return maps
+    radius = int(truncate * sigma + 0.5)
+    offsets = torch.arange(-radius, radius + 1, device=maps.device, dtype=torch.float64)
+    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
+    kernel = (kernel / kernel.sum()).to(maps.dtype)
+    batch, height, width = maps.shape
+    rows = maps[:, _reflect_indices(height, radius, maps.device)]  # (B, H + 2r, W)
+    blurred = F.conv1d(rows.transpose(1, 2).reshape(-1, 1, height + 2 * radius), kernel.view(1, 1, -1))
+    blurred = blurred.view(batch, width, height).transpose(1, 2)  # along H
+    columns = blurred[:, :, _reflect_indices(width, radius, maps.device)]  # (B, H, W + 2r)
+    return F.conv1d(columns.reshape(-1, 1, width + 2 * radius), kernel.view(1, 1, -1)).view(batch, height, width)
+
+
 def image_score(anomaly_map: torch.Tensor, pool_size: int) -> torch.Tensor:
     """Eq. 24: ``max(AvgPool(S_up))`` with a ``pool_size`` window, stride 1, no padding -> (B,)."""
     pooled = F.avg_pool2d(anomaly_map[:, None], kernel_size=pool_size, stride=1)

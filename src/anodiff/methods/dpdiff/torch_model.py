@@ -7,6 +7,10 @@ prototypes ``P`` (B, M + K, C) in the same feature space. Every denoiser maps
 
 from __future__ import annotations
 
+import dataclasses
+import math
+import warnings
+
 import torch
 from diffusers import UNet2DConditionModel
 from diffusers.models.attention import FeedForward
@@ -25,19 +29,19 @@ class PrototypeExtractor(nn.Module):
 
     ``T' = CrossAttn(T, x, x) + T``, ``P = FFN(T') + T'``, with pre-LayerNorms (shared by
     queries and tokens) as in INP-Former's aggregation block [24], which Eq. 10 writes
-    without norms. Used twice with independent parameters: local (M) and global (K).
+    without norms. Used twice with independent parameters: local (M) and global (K). The
+    attention has ``ceil(C / attention_head_dim)`` heads of ``attention_head_dim`` channels:
+    its q/k/v projections map C to that inner width (>= C) and its output projection back,
+    so every channel count works (Table 7's CNN stages give e.g. 176, 248, 312).
     """
 
     def __init__(self, num_prototypes: int, channels: int, attention_head_dim: int, mlp_ratio: float):
         super().__init__()
-        if channels % attention_head_dim:
-            raise ValueError(
-                f"prototypes.attention_head_dim={attention_head_dim} must divide the feature "
-                f"channels {channels}"
-            )
+        if attention_head_dim < 1:
+            raise ValueError(f"prototypes.attention_head_dim must be >= 1, got {attention_head_dim}")
         self.queries = nn.Parameter(torch.randn(num_prototypes, channels))  # T (INP-Former: randn)
         self.norm_attention = nn.LayerNorm(channels)
-        self.attention = Attention(channels, heads=channels // attention_head_dim,
+        self.attention = Attention(channels, heads=math.ceil(channels / attention_head_dim),
                                    dim_head=attention_head_dim, bias=True)
         self.norm_ffn = nn.LayerNorm(channels)
         self.ffn = FeedForward(channels, inner_dim=round(mlp_ratio * channels), activation_fn="gelu")
@@ -87,8 +91,10 @@ class PrototypeTransformer(nn.Module):
     """The prototype-aware DiT of Sec. 4.2 on a grid of tokens, or its U-ViT layout (Table 9).
 
     DiT [44] with patch size 1 (each backbone token is one DiT token): linear token embedding
-    plus fixed 2-D sin-cos positions, ``depth`` :class:`PrototypeDiTBlock`, an adaLN final
-    layer. ``long_skips`` (U-ViT [56]): the output of block ``i`` of the first half is
+    (C -> width, :meth:`TransformerConfig.width`; by default the width is at least C, so the
+    output projection back to C can have full rank) plus fixed 2-D sin-cos positions, ``depth``
+    :class:`PrototypeDiTBlock`, an adaLN final layer. ``long_skips`` (U-ViT [56]): the output of
+    block ``i`` of the first half is
     concatenated to the input of block ``depth - 1 - i`` and mixed by a linear layer; the
     timestep stays adaLN conditioning (U-ViT feeds it as a token) so that Table 9 varies the
     layout only. adaLN, the final layer and the cross-attention outputs start at zero (DiT's
@@ -98,7 +104,14 @@ class PrototypeTransformer(nn.Module):
     def __init__(self, config: TransformerConfig, channels: int, grid_size: int, num_prototypes: int,
                  long_skips: bool):
         super().__init__()
-        size = config.hidden_size
+        size = config.width(channels)
+        if size < channels:
+            warnings.warn(
+                f"denoiser.transformer.hidden_size={size} is below the {channels} token channels: the "
+                f"predicted noise has rank <= {size}, so part of the feature space is never denoised "
+                "(hidden_size 0 = the token channels)", UserWarning, stacklevel=2)
+        if size != config.hidden_size:
+            config = dataclasses.replace(config, hidden_size=size)
         self.embed_tokens = nn.Linear(channels, size)
         pos = get_2d_sincos_pos_embed(size, grid_size, base_size=grid_size, output_type="pt")
         self.register_buffer("pos_embed", pos.float()[None], persistent=False)  # (1, N, D)

@@ -17,15 +17,25 @@ Score = Literal["combined", "nll", "spatial_norm", "reconstruction"]
 
 
 @dataclass
+class ConditioningConfig:
+    """What the noise predictor is conditioned on besides the timestep."""
+
+    class_conditional: bool  # a learned embedding of the image's category added to the timestep's
+
+
+@dataclass
 class TrainingConfig:
     """Minibatch training of the eps-prediction loss (Eq. 9)."""
 
     epochs: int
     batch_size: int
     lr: float  # peak learning rate of the warmup + cosine schedule
+    warmup_start_lr: float  # learning rate of the first step; linear warmup from it to ``lr``
+    min_lr: float  # floor the cosine decay ends at
     weight_decay: float  # AdamW decoupled weight decay
     warmup_epochs: int  # linear warmup length; cosine decay over the remaining epochs
     grad_clip: float  # max global gradient norm; 0 disables clipping
+    ema_decay: float  # EMA of the weights after every step, used for scoring; 0 = the raw weights
     seed: int  # UNet initialisation, minibatch order, noise and timesteps
 
     def __post_init__(self) -> None:
@@ -43,6 +53,13 @@ class TrainingConfig:
             raise ValueError(
                 f"training.warmup_epochs must be in [0, epochs={self.epochs}], got {self.warmup_epochs}"
             )
+        if not (0 <= self.warmup_start_lr <= self.lr and 0 <= self.min_lr <= self.lr):
+            raise ValueError(
+                f"need 0 <= training.warmup_start_lr <= lr and 0 <= training.min_lr <= lr, got "
+                f"{self.warmup_start_lr}, {self.min_lr} and lr {self.lr}"
+            )
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"training.ema_decay must be in [0, 1) (0 = no averaging), got {self.ema_decay}")
 
 
 @dataclass
@@ -89,6 +106,7 @@ class InversionConfig:
 
     backbone: BackboneConfig
     unet: UNetConfig
+    conditioning: ConditioningConfig
     diffusion: DiffusionConfig
     training: TrainingConfig
     inference: InferenceConfig

@@ -156,10 +156,21 @@ def map_range(score_map: torch.Tensor) -> torch.Tensor:
 def reconstruction_error_map(x0: torch.Tensor, x0_hat: torch.Tensor) -> torch.Tensor:
     """Feature-space squared error, averaged over channels: (B, C, h, w) x 2 -> (B, h, w).
 
-    The score of the reconstruction baseline of Table 4 (Fig. 1, "MSE"); its image score is
-    the maximum of the map.
+    The anomaly map of the reconstruction baseline of Table 4; its image score is
+    :func:`reconstruction_score`, the mean of this map.
     """
     return (x0_hat - x0).pow(2).mean(dim=1)
+
+
+def reconstruction_score(x0: torch.Tensor, x0_hat: torch.Tensor) -> torch.Tensor:
+    """Image score of the reconstruction baseline (Table 4 "Recon."): the mean squared error.
+
+    ``MSE(x0, x0_hat)`` over channels and positions, (B, C, h, w) x 2 -> (B,): Fig. 1 scores
+    the reconstruction by "the mean squared error (MSE) between the original input and its
+    reconstructed sample", and the official ``evaluate_recon`` (src/evaluate.py) takes
+    ``mean((x_rec - features) ** 2, dim=(1, 2, 3))``.
+    """
+    return (x0_hat - x0).pow(2).flatten(1).mean(dim=1)
 
 
 def min_max_normalize(scores: torch.Tensor, low: float, high: float, eps: float = 1e-8) -> torch.Tensor:

@@ -17,11 +17,13 @@ def block_types(config: UNetConfig) -> tuple[tuple[str, ...], tuple[str, ...]]:
     return down, up
 
 
-def build_unet(config: UNetConfig, channels: int, feature_size: int) -> UNet2DModel:
+def build_unet(config: UNetConfig, channels: int, feature_size: int, num_classes: int | None = None) -> UNet2DModel:
     """A UNet mapping (B, channels, s, s) features and a timestep to eps of the same shape.
 
-    Trained from scratch (Sec. 5.1); unconditional (the official code's class label is
-    dropped: one model per training set). ``sample_size`` is the feature side length ``s``.
+    Trained from scratch (Sec. 5.1). ``num_classes`` (the official class-conditional model):
+    a learned embedding of the class label is added to the timestep embedding, as
+    guided-diffusion's ``label_emb`` the official code uses; None = unconditional (one model
+    per training set). ``sample_size`` is the feature side length ``s``.
     """
     down, up = block_types(config)
     return UNet2DModel(
@@ -36,13 +38,17 @@ def build_unet(config: UNetConfig, channels: int, feature_size: int) -> UNet2DMo
         add_attention=config.mid_block_attention,
         norm_num_groups=config.norm_num_groups,
         dropout=config.dropout,
+        num_class_embeds=num_classes,
     )
 
 
-def as_eps_model(unet: UNet2DModel) -> EpsModel:
-    """Wrap the UNet as ``eps_theta(x, t)`` with an integer timestep shared by the batch."""
+def as_eps_model(unet: UNet2DModel, class_labels: torch.Tensor | None = None) -> EpsModel:
+    """Wrap the UNet as ``eps_theta(x, t)`` with an integer timestep shared by the batch.
+
+    ``class_labels`` (B,): the batch's class indices for a class-conditional UNet (else None).
+    """
 
     def eps_model(x: torch.Tensor, t: int) -> torch.Tensor:
-        return unet(x, t).sample  # (B, C, s, s)
+        return unet(x, t, class_labels=class_labels).sample  # (B, C, s, s)
 
     return eps_model
