@@ -1,6 +1,8 @@
 """MLflow tracking: parallel writers on one SQLite store lose nothing."""
 
 import multiprocessing as mp
+import shutil
+from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
@@ -42,3 +44,23 @@ def test_nested_runs_point_to_their_parent(tmp_path):
     parent = tracker.start_run("model", {"stage": "train"})
     child = tracker.start_run("category", {"stage": "evaluate"}, parent_run_id=parent)
     assert tracker.client.get_run(child).data.tags["mlflow.parentRunId"] == parent
+
+
+def test_artifacts_open_from_a_moved_copy(tmp_path, monkeypatch):
+    """A relative artifact_location stays relative (MLflow would store it absolute), so a copied
+    checkout's MLflow store opens its own artifacts, not the original's."""
+    original, moved = tmp_path / "original", tmp_path / "moved"
+    (original / "results").mkdir(parents=True)
+    monkeypatch.chdir(original)
+    config = TrackingConfig(tracking_uri="sqlite:///results/mlflow.db", experiment="moved",
+                            artifact_location="results/mlartifacts")
+    tracker = Tracker(config)
+    run_id = tracker.start_run("model", {"stage": "train"})
+    tracker.log_text(run_id, "from the run", "note.txt")
+    assert tracker.client.get_run(run_id).info.artifact_uri == f"results/mlartifacts/{run_id}/artifacts"
+    shutil.copytree(original, moved)
+    shutil.rmtree(original)
+    monkeypatch.chdir(moved)
+    client = MlflowClient("sqlite:///results/mlflow.db")
+    assert [f.path for f in client.list_artifacts(run_id)] == ["note.txt"]
+    assert Path(client.download_artifacts(run_id, "note.txt", str(tmp_path))).read_text() == "from the run"

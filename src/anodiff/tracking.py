@@ -78,13 +78,34 @@ class Tracker:
             return experiment.experiment_id
         try:
             # the UI opens it in its model-training view, not the GenAI one
-            return self.client.create_experiment(config.experiment, artifact_location=config.artifact_location,
-                                                 tags={EXPERIMENT_KIND: "custom_model_development"})
+            experiment_id = self.client.create_experiment(
+                config.experiment, artifact_location=config.artifact_location,
+                tags={EXPERIMENT_KIND: "custom_model_development"})
         except Exception:  # another job created it between our two calls
             experiment = self.client.get_experiment_by_name(config.experiment)
             if experiment is None:
                 raise
             return experiment.experiment_id
+        self._keep_relative(experiment_id, config.artifact_location)
+        return experiment_id
+
+    def _keep_relative(self, experiment_id: str, artifact_location: str) -> None:
+        """Store a relative ``artifact_location`` as written, so runs record artifact paths
+        relative to the working directory and a moved or copied checkout (``results/`` with
+        its ``mlflow.db``) still opens its artifacts. MLflow's SQL store makes a local path
+        absolute when it creates the experiment and has no API to change it, hence one ORM
+        update; its runs then inherit the relative path. Other stores are left as they are."""
+        if "://" in artifact_location or ":" in artifact_location[:3] or Path(artifact_location).is_absolute():
+            return
+        from mlflow.store.tracking.dbmodels.models import SqlExperiment
+        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+        store = self.client._tracking_client.store
+        if not isinstance(store, SqlAlchemyStore):
+            return
+        with store.ManagedSessionMaker() as session:
+            session.query(SqlExperiment).filter(SqlExperiment.experiment_id == int(experiment_id)).update(
+                {"artifact_location": artifact_location})
 
     def start_run(self, name: str, tags: dict[str, str], parent_run_id: str | None = None) -> str:
         """A new run named ``name``. Runs of the same name still RUNNING were left so by a
