@@ -34,7 +34,7 @@ localrules:
 
 rule all:
     input:
-        all_outputs(),
+        JOB_INPUTS.all_outputs(),
     default_target: True
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from anodiff import paths
 from anodiff.config import ConfigError
 from anodiff.plan import PlanError, build_plan
 
@@ -169,3 +170,35 @@ def test_a_select_on_test_run_is_a_paper_protocol_run_over_configured_candidates
                  "runs": [{"dataset": "synthetic", "method": "inversion", "variant": "best-s"}]}
     with pytest.raises(PlanError, match="draws predictions"):
         build_plan(config_with(methods, figures={"inversion/fig2": histogram}), REPO)
+
+
+def test_job_inputs_read_the_owners_weights_and_only_what_each_job_needs():
+    from types import SimpleNamespace as W
+
+    from anodiff.inputs import JobInputs
+
+    methods = {"inversion": {"a": variant({"training": {"epochs": 50}}),
+                             "nll": variant({"training": {"epochs": 50}, "inference": {"score": "nll"}})},
+               "patchcore": {"a": variant(), "k3": variant({"num_neighbors": 3})}}
+    inputs = JobInputs(build_plan(config_with(methods), REPO), "resources/weights")
+    nll = W(dataset="synthetic", method="inversion", variant="nll", category="weave", group="weave")
+    # scores the owner's weights through its own link; a calibrating detector re-reads the training caches
+    infer = inputs.infer(nll)
+    assert infer["model"] == "results/synthetic/inversion/a/models/weave.pt"
+    assert infer["link"] == infer["run_info"] == "results/synthetic/inversion/nll/models/weave.link.json"
+    assert infer["cache"].endswith("/weave/test.pt")
+    link = inputs.link(nll)
+    assert link["owner_run"] == "results/synthetic/inversion/a/models/weave.run.json"
+    assert [Path(c).parent.name for c in link["caches"]] == ["weave"] and "tracking" in link
+    # a non-calibrating shared variant needs no training data to link
+    k3 = W(dataset="synthetic", method="patchcore", variant="k3", category="chip", group="chip")
+    assert "caches" not in inputs.link(k3) and inputs.link(k3)["model"].endswith("/patchcore/a/models/chip.pt")
+    owner = W(dataset="synthetic", method="patchcore", variant="a", category="chip", group="chip")
+    assert "link" not in inputs.infer(owner)
+    evaluate = inputs.evaluate(owner)  # records whether the networks were real
+    assert all(w.startswith("resources/weights/") and w.endswith(".status.json") for w in evaluate["weights"])
+    assert "weights" not in inputs.infer(owner)  # the model's train and link jobs waited for them
+    # the metric table reads every run's metrics of every category and every run's speed
+    aggregate = inputs.aggregate(None)
+    assert len(aggregate["metrics"]) == 4 * len(inputs.plan.runs) and len(aggregate["fps"]) == len(inputs.plan.runs)
+    assert paths.METRIC_TABLE in inputs.all_outputs()

@@ -8,7 +8,7 @@ rule prepare_dataset:
     output:
         report=paths.VALIDATION_REPORT,
     params:
-        dataset_config=lambda w: PLAN.datasets[w.dataset],
+        dataset_config=of_wildcards(lambda w: PLAN.datasets[w.dataset]),
     priority: 100  # every dataset is checked before any training starts: bad data fails first
     log:
         paths.log("prepare_dataset", "{dataset}"),

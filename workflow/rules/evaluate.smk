@@ -1,7 +1,7 @@
 rule evaluate:
     """All metrics of one category (exact AUROC/AP/F1-max, AUPRO, mAD) into parquet."""
     input:
-        unpack(get_evaluate_inputs),
+        unpack(INPUTS.evaluate),
     output:
         paths.METRICS,
     params:
@@ -22,7 +22,7 @@ rule select_on_test:
     """A paper-protocol run: on each category, the candidate variant with the best TEST metric
     (the papers' per-category choices, e.g. InversionAD's "Ours*"); protocol = paper."""
     input:
-        get_selection_inputs,
+        INPUTS.selection,
     output:
         paths.SELECTED_METRICS,
     params:
@@ -40,8 +40,7 @@ rule select_on_test:
 rule aggregate:
     """The dataset x method x variant x category table, with a mean row per run and each run's fps."""
     input:
-        metrics=lambda w: metrics_of(PLAN.runs.values()),
-        fps=lambda w: [at(paths.FPS, r) for r in PLAN.runs.values() if not r.selects],
+        unpack(INPUTS.aggregate),
     output:
         table=paths.METRIC_TABLE,
         markdown=paths.METRIC_MARKDOWN,

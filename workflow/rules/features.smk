@@ -3,7 +3,7 @@ rule fetch_weights:
     output:
         status=paths.WEIGHTS_STATUS.replace("{weights_dir}", config["weights_dir"]),
     params:
-        weights=lambda w: PLAN.weights[w.weights_key],
+        weights=of_wildcards(lambda w: PLAN.weights[w.weights_key]),
     log:
         paths.log("fetch_weights", "{weights_key}"),
     benchmark:
@@ -17,11 +17,11 @@ rule fetch_weights:
 rule cache_features:
     """Frozen-backbone features of one split of one category, computed once and reused."""
     input:
-        unpack(get_cache_inputs),
+        unpack(INPUTS.cache),
     output:
         paths.FEATURE_CACHE,
     params:
-        spec=lambda w: PLAN.feature_specs[w.spec_key],
+        spec=of_wildcards(lambda w: PLAN.feature_specs[w.spec_key]),
     resources:  # anodiff.budget
         **estimated_resources("cache_features"),
     log:

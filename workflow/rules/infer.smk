@@ -1,7 +1,7 @@
 rule infer:
     """Anomaly maps and image scores of every test image of one category."""
     input:
-        unpack(get_infer_inputs),
+        unpack(INPUTS.infer),
     output:
         paths.PREDICTIONS,
     params:

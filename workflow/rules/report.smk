@@ -1,10 +1,8 @@
 rule figures:
     """Qualitative grid (image / ground truth / map) and per-category metric chart."""
     input:
-        predictions=lambda w: outputs_of([run_of(w)], paths.PREDICTIONS),
+        unpack(INPUTS.run_figures),
         table=paths.METRIC_TABLE,
-        report=lambda w: report_of(w.dataset),
-        weights=lambda w: weights_status(run_of(w).weights),
     output:
         qualitative=report(
             paths.RUN_FIGURE.replace("{name}", "qualitative"),

@@ -2,14 +2,14 @@ rule fps:
     """The run's one fps: its trained model on real test images, end to end (host-to-device copy,
     backbone, method), batch 64 after a warm-up batch (anodiff.throughput.time_predictions)."""
     input:
-        unpack(get_fps_inputs),
+        unpack(INPUTS.fps),
     output:
         paths.FPS,
     params:
         config=param("config"),
         training_hash=param("training_hash"),
         setting=param("setting"),
-        category=lambda w: run_of(w).categories[0],
+        category=of_wildcards(lambda w: PLAN.run(w.dataset, w.method, w.variant).categories[0]),
         settings=config["fps"],
     log:
         paths.log("fps", "{dataset}/{method}/{variant}"),
@@ -25,7 +25,7 @@ rule paper_table:
     """One paper table: the printed numbers with ours beside them, the difference, bold best;
     the MLflow runs it reads get the tags tables.<paper>/<table> and papers.<paper>."""
     input:
-        unpack(get_table_inputs),
+        unpack(INPUTS.table),
     output:
         parquet=paths.PAPER_TABLE.replace("{ext}", "parquet"),
         markdown=paths.PAPER_TABLE.replace("{ext}", "md"),
@@ -38,7 +38,7 @@ rule paper_table:
             subcategory="{paper}",
         ),
     params:
-        table=lambda w: PLAN.tables[f"{w.paper}/{w.table}"],
+        table=of_wildcards(lambda w: PLAN.tables[f"{w.paper}/{w.table}"]),
     log:
         paths.log("paper_table", "{paper}/{table}"),
     benchmark:
@@ -52,7 +52,7 @@ rule paper_table:
 rule paper_figure:
     """One paper figure from our runs (a sweep, a histogram, accuracy vs FPS, a map grid)."""
     input:
-        unpack(get_figure_inputs),
+        unpack(INPUTS.figure),
     output:
         png=report(
             paths.PAPER_FIGURE.replace("{ext}", "png"),
@@ -62,7 +62,7 @@ rule paper_figure:
         ),
         pdf=paths.PAPER_FIGURE.replace("{ext}", "pdf"),
     params:
-        figure=lambda w: PLAN.figures[f"{w.paper}/{w.figure}"],
+        figure=of_wildcards(lambda w: PLAN.figures[f"{w.paper}/{w.figure}"]),
     log:
         paths.log("paper_figure", "{paper}/{figure}"),
     benchmark:

@@ -2,7 +2,7 @@ rule pretrain:
     """A method's stage before training, as its own job (DiAD: fine-tune the autoencoder); one
     job per distinct pretrain config, shared by every variant with the same pretrain hash."""
     input:
-        unpack(get_group_inputs),
+        unpack(INPUTS.group),
     output:
         paths.PRETRAINED,
     params:
@@ -24,7 +24,7 @@ rule train:
     """Fit one model (a category, or all categories when unified) on cached features. Its params
     are the training slice of the config: an inference-only edit never re-trains."""
     input:
-        unpack(get_train_inputs),
+        unpack(INPUTS.train),
     output:
         model=paths.MODEL,
         run_info=paths.MODEL_RUN_INFO,
@@ -48,7 +48,7 @@ rule link_model:
     """Point a variant at the weights it scores (its owner's, anodiff.plan) without copying
     them, and compute the detector's inference-dependent training statistics (calibration)."""
     input:
-        unpack(get_link_inputs),
+        unpack(INPUTS.link),
     output:
         paths.LINK,
     params:

@@ -1,0 +1,154 @@
+"""The files each job of the workflow reads, derived from the plan (Snakemake input functions).
+
+``workflow/rules/*.smk`` call these through one :class:`JobInputs` built at DAG time; they
+take the job's wildcards (any object with attributes, e.g. Snakemake's ``Wildcards``) and
+return paths relative to the working directory. Pure Python over :mod:`anodiff.plan` and
+:mod:`anodiff.paths`, so they are tested without Snakemake (``tests/test_plan.py``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+from anodiff import paths
+from anodiff.plan import Plan, Run
+
+Inputs = dict[str, Any]
+
+
+def at(template: str, run: Run, variant: str | None = None, **values: str) -> str:
+    """A run's file (``variant``: another variant's, e.g. the owner of its weights)."""
+    return paths.fill(template, dataset=run.dataset, method=run.method, variant=variant or run.variant, **values)
+
+
+def report_of(dataset: str) -> str:
+    return paths.fill(paths.VALIDATION_REPORT, dataset=dataset)
+
+
+def caches(run: Run, categories: Iterable[str], split: str) -> list[str]:
+    return [paths.fill(paths.FEATURE_CACHE, dataset=run.dataset, spec_key=run.feature_key, category=c, split=split)
+            for c in categories]
+
+
+def metrics_of(runs: Iterable[Run]) -> list[str]:
+    """Every category's metrics of ``runs``: evaluated, or selected on test (select_on_test)."""
+    return [at(paths.SELECTED_METRICS if run.selects else paths.METRICS, run, category=c)
+            for run in runs for c in run.categories]
+
+
+def predictions_of(runs: Iterable[Run]) -> list[str]:
+    return [at(paths.PREDICTIONS, run, category=c) for run in runs for c in run.categories]
+
+
+def model_inputs(run: Run, category: str) -> Inputs:
+    """The weights a run scores, its link (pointer + calibration) if any, and its MLflow run."""
+    group = run.group_of(category)
+    inputs = {"model": at(paths.MODEL, run, run.owner, group=group)}
+    if run.links:
+        inputs["link"] = at(paths.LINK, run, group=group)
+    inputs["run_info"] = inputs.get("link") or at(paths.MODEL_RUN_INFO, run, run.owner, group=group)
+    return inputs
+
+
+@dataclass(frozen=True)
+class JobInputs:
+    """Input functions of every rule over one plan; ``weights_dir`` holds the networks' status files."""
+
+    plan: Plan
+    weights_dir: str
+
+    def run_of(self, w: Any) -> Run:
+        return self.plan.run(w.dataset, w.method, w.variant)
+
+    def weights_status(self, keys: Iterable[str]) -> list[str]:
+        return [paths.fill(paths.WEIGHTS_STATUS, weights_dir=self.weights_dir, weights_key=k) for k in keys]
+
+    def cache(self, w: Any) -> Inputs:
+        return {"report": report_of(w.dataset), "weights": self.weights_status(self.plan.feature_weights[w.spec_key])}
+
+    def group(self, w: Any) -> Inputs:
+        """What fitting a group needs: its categories' training caches and the pretrained networks."""
+        run = self.run_of(w)
+        return {"caches": caches(run, run.categories_of(w.group), "train"), "weights": self.weights_status(run.weights)}
+
+    def train(self, w: Any) -> Inputs:
+        run = self.run_of(w)
+        inputs = {**self.group(w), "tracking": paths.TRACKING_STAMP}
+        if run.pretrain_owner is not None:
+            inputs["pretrained"] = at(paths.PRETRAINED, run, run.pretrain_owner, group=w.group)
+        return inputs
+
+    def link(self, w: Any) -> Inputs:
+        """The owner's weights and train run; a calibrating detector also reads the training set."""
+        run = self.run_of(w)
+        inputs = {"model": at(paths.MODEL, run, run.owner, group=w.group),
+                  "owner_run": at(paths.MODEL_RUN_INFO, run, run.owner, group=w.group),
+                  "tracking": paths.TRACKING_STAMP}
+        if run.calibrates:
+            return {**inputs, **self.group(w)}
+        return {**inputs, "weights": self.weights_status(run.weights)}
+
+    def infer(self, w: Any) -> Inputs:
+        """The model (which already waited for the pretrained networks) and the test cache."""
+        run = self.run_of(w)
+        return {**model_inputs(run, w.category), "cache": caches(run, [w.category], "test")[0]}
+
+    def fps(self, w: Any) -> Inputs:
+        """The model of the run's first category, its test images (the report) and networks."""
+        run = self.run_of(w)
+        return {**model_inputs(run, run.categories[0]), "report": report_of(run.dataset),
+                "weights": self.weights_status(run.weights)}
+
+    def evaluate(self, w: Any) -> Inputs:
+        run = self.run_of(w)
+        return {"predictions": at(paths.PREDICTIONS, run, category=w.category), "report": report_of(run.dataset),
+                "run_info": model_inputs(run, w.category)["run_info"], "weights": self.weights_status(run.weights)}
+
+    def selection(self, w: Any) -> list[str]:
+        """The candidates' metrics a paper-protocol run chooses among."""
+        run = self.run_of(w)
+        return [at(paths.METRICS, run, variant, category=w.category) for variant in run.selects]
+
+    def run_figures(self, w: Any) -> Inputs:
+        run = self.run_of(w)
+        return {"predictions": predictions_of([run]), "report": report_of(w.dataset),
+                "weights": self.weights_status(run.weights)}
+
+    def aggregate(self, w: Any) -> Inputs:
+        """The metric table: every run's metrics and speed."""
+        runs = self.plan.runs.values()
+        return {"metrics": metrics_of(runs), "fps": [at(paths.FPS, r) for r in runs if not r.selects]}
+
+    def table(self, w: Any) -> Inputs:
+        table_id = f"{w.paper}/{w.table}"
+        runs = self.plan.table_runs(table_id)
+        fps = [at(paths.FPS, r) for r in runs if not r.selects] if table_id in self.plan.speed_tables else []
+        return {"metrics": metrics_of(runs), "fps": fps}
+
+    def figure(self, w: Any) -> Inputs:
+        """Per kind, exactly what the figure draws: metrics (sweep; tradeoff adds fps) or predictions."""
+        figure_id = f"{w.paper}/{w.figure}"
+        figure, runs = self.plan.figures[figure_id], self.plan.figure_runs(figure_id)
+        inputs = {"metrics": [], "fps": [], "predictions": [], "report": report_of(runs[0].dataset),
+                  "weights": self.weights_status(sorted({k for r in runs for k in r.weights}))}
+        if figure["kind"] in ("sweep", "tradeoff"):
+            inputs["metrics"] = metrics_of(runs)
+        if figure["kind"] == "tradeoff":
+            inputs["fps"] = [at(paths.FPS, r) for r in runs if not r.selects]
+        if figure["kind"] == "histogram":
+            inputs["predictions"] = predictions_of(runs)
+        if figure["kind"] == "qualitative":
+            inputs["predictions"] = [at(paths.PREDICTIONS, r, category=figure["category"]) for r in runs]
+        return inputs
+
+    def all_outputs(self) -> list[str]:
+        """What ``rule all`` asks for: the metric table, every run's figures, the paper tables and figures."""
+        figures = [at(paths.RUN_FIGURE, r, name=n) for r in self.plan.runs.values() if not r.selects
+                   for n in paths.RUN_FIGURE_NAMES]
+        tables = [f for t in self.plan.tables
+                  for f in paths.paper_files(paths.PAPER_TABLE, t, paths.PAPER_TABLE_EXTENSIONS)]
+        paper_figures = [f for i in self.plan.figures
+                         for f in paths.paper_files(paths.PAPER_FIGURE, i, paths.PAPER_FIGURE_EXTENSIONS)]
+        metric_tables = [paths.METRIC_TABLE, paths.METRIC_MARKDOWN, paths.METRIC_HTML, paths.METRIC_CSV]
+        return metric_tables + figures + tables + paper_figures
