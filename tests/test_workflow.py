@@ -1,10 +1,13 @@
 """End to end: the Snakemake workflow on a tiny synthetic config, outputs checked by content."""
 
 import json
+import os
 import re
 import shutil
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -297,6 +300,7 @@ def test_mlflow_store_holds_the_runs_with_metrics(workflow_run):
         assert set(METRIC_NAMES) <= set(run.data.metrics)
         # what a person needs beside the numbers: config, provenance, the test set read
         assert "training.epochs" in run.data.params and run.data.tags["pretrained_weights"] == "false"
+        assert run.data.params["pretrained_weights"] == "false" and run.data.params["random_weights"]
         assert [d.dataset.name for d in run.inputs.dataset_inputs] == [
             f"synthetic/{run.data.tags['category']}/test"]
         assert run.info.run_name.endswith(f"/{run.data.tags['category']} · evaluate")
@@ -363,6 +367,64 @@ def test_mlflow_runs_are_tagged_by_the_tables_that_print_them(workflow_run):
     hashes = {r.data.tags["training_hash"] for r in client.search_runs(
         [experiment.experiment_id], "tags.method = 'inversion' and tags.variant = 'tiny' and tags.stage = 'train'")}
     assert len(hashes) == 1 and len(hashes.pop()) == 12
+
+
+CHROMIUM = next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None)
+
+
+def _page_text(url: str) -> str:
+    """What a person reads on ``url``: the DOM a headless Chromium rendered, without markup."""
+    dom = subprocess.run([CHROMIUM, "--headless=new", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=20000",
+                          "--dump-dom", url], capture_output=True, text=True, timeout=180).stdout
+    dom = re.sub(r"<(script|style)\b.*?</\1>", " ", dom, flags=re.S)
+    return " ".join(re.sub(r"<[^>]+>", " ", dom).split())
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(CHROMIUM is None, reason="the MLflow UI check needs Chromium (apt-get install chromium)")
+def test_the_mlflow_ui_shows_named_runs_with_their_provenance_and_artifacts(workflow_run, tmp_path):
+    """The MLflow UI in a headless browser, started as the README says (from the checkout's
+    root): run names with stage, the evaluate run's metrics, RANDOM-weights params, the test set
+    as its dataset, and its artifacts. Screenshots land in $ANODIFF_SCREENSHOTS if set."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    mlflow = Path(sys.executable).with_name("mlflow")
+    server = subprocess.Popen([str(mlflow), "ui", "--backend-store-uri", "sqlite:///results/mlflow.db",
+                               "--host", "127.0.0.1", "--port", str(port)], cwd=workflow_run,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        client = MlflowClient(f"sqlite:///{workflow_run}/results/mlflow.db")
+        experiment = client.get_experiment_by_name("anodiff-e2e").experiment_id
+        evaluate = client.search_runs([experiment], "tags.stage = 'evaluate' and tags.method = 'inversion'")[0]
+        base = f"http://127.0.0.1:{port}/#/experiments/{experiment}/runs"
+        for _ in range(120):  # the server starts in a few seconds
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+                break
+            except OSError:
+                time.sleep(1)
+        runs_page = _page_text(base)
+        assert "synthetic/inversion/tiny/weave · train" in runs_page and "· summary" in runs_page, runs_page[:3000]
+        run_page = _page_text(f"{base}/{evaluate.info.run_id}")
+        assert evaluate.info.run_name in run_page and "image_auroc" in run_page
+        assert "pretrained_weights false" in run_page  # the param, beside the tag
+        assert f"synthetic/{evaluate.data.tags['category']}/test" in run_page  # the Dataset
+        artifacts = _page_text(f"{base}/{evaluate.info.run_id}/artifacts")
+        assert "config.yaml" in artifacts and f"{evaluate.data.tags['category']}.parquet" in artifacts
+        shots = Path(os.environ.get("ANODIFF_SCREENSHOTS") or tmp_path)
+        shots.mkdir(parents=True, exist_ok=True)
+        for name, url in (("runs", base), ("evaluate-run", f"{base}/{evaluate.info.run_id}")):
+            subprocess.run([CHROMIUM, "--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                            "--virtual-time-budget=20000", "--window-size=1600,1000",
+                            f"--screenshot={shots / f'mlflow-{name}.png'}", url], capture_output=True, timeout=180)
+            pixels = np.asarray(Image.open(shots / f"mlflow-{name}.png").convert("L"))
+            assert pixels.shape == (1000, 1600) and pixels.std() > 10, name  # a rendered page, not a blank one
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
 
 
 @pytest.mark.slow
@@ -446,6 +508,35 @@ def test_an_edit_reruns_exactly_what_it_affects(workflow_run, tmp_path):
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Nothing to be done" in result.stdout + result.stderr, result.stdout[-3000:]
+
+    # ... and the copy's MLflow store opens the copy's artifacts (paths relative to the checkout)
+    client = MlflowClient(f"sqlite:///{moved}/results/mlflow.db")
+    experiment = client.get_experiment_by_name("anodiff-e2e")
+    assert experiment.artifact_location == "results/mlartifacts"
+    for run in client.search_runs([experiment.experiment_id], "tags.stage = 'summary'"):
+        assert run.info.artifact_uri.startswith("results/mlartifacts/"), run.info.artifact_uri
+        assert any((moved / run.info.artifact_uri).iterdir())
+
+    # 4. one test image of one category replaced (issue 20, row 3): that category's test cache,
+    # inference, metrics and what reads them; no training, no fps (it times weave), no weave job
+    test_dir = workflow_run / "resources/datasets/synthetic/washer/test"
+    image, other = sorted(test_dir.glob("*/*.png"))[-1], sorted(test_dir.glob("*/*.png"))[0]
+    original, stat = image.read_bytes(), image.stat()
+    image.write_bytes(other.read_bytes())
+    try:
+        result = run_snakemake(workflow_run, "-n")
+    finally:  # the same bytes and mtime: the fixture's run is up to date again
+        image.write_bytes(original)
+        os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs = planned_jobs(result.stdout)
+    rules = {rule for rule, _ in jobs}
+    caches = {w for rule, w in jobs if rule == "cache_features"}
+    assert caches and all("category=washer, split=test" in w for w in caches)
+    assert {"infer", "evaluate", "aggregate", "paper_table"} <= rules
+    assert not rules & {"prepare_dataset", "train", "pretrain", "link_model", "fps"}
+    assert not [w for _, w in jobs if "weave" in w]
+    assert ("evaluate", "dataset=synthetic, method=inversion, variant=tiny, category=washer") in jobs
 
 
 def test_default_config_dry_run_and_lint_are_clean(tmp_path):

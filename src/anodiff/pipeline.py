@@ -221,7 +221,8 @@ def train(*, method: str, config: Mapping[str, Any], train_caches: Sequence[str 
     run_id = tracker.start_run(f"{run['dataset']}/{method}/{run['variant']}/{run['group']} · train",
                                {**run, **_tags(weights_provenance(weights_status)), "method": method, "stage": "train",
                                 "training_hash": training_hash})
-    tracker.log_params(run_id, {**to_flat_dict(config), "method": method, "seed": seed, "git_commit": git_commit(),
+    tracker.log_params(run_id, {**to_flat_dict(config), **_tags(weights_provenance(weights_status)), "method": method,
+                                "seed": seed, "git_commit": git_commit(),
                                 "n_train_images": len(train_set), "device": str(torch_device),
                                 "categories": sorted(set(train_set.categories))})
     tracker.log_text(run_id, yaml.safe_dump(dict(config), sort_keys=False), "training_config.yaml")
@@ -372,7 +373,8 @@ def evaluate(*, predictions: str | Path, report: str | Path, category: str, outp
            "evaluation": protocol.describe(), "mlflow_run_id": run_id}
     with atomic_path(output) as tmp:
         pd.DataFrame([row]).to_parquet(tmp, index=False)
-    tracker.log_params(run_id, {**to_flat_dict(config), **protocol.as_params(), "n_test_images": len(samples),
+    tracker.log_params(run_id, {**to_flat_dict(config), **_tags(provenance), **protocol.as_params(),
+                                "n_test_images": len(samples),
                                 "n_anomalous": row["n_anomalous"], "map_size": row["map_size"]})
     tracker.log_text(run_id, yaml.safe_dump(dict(config), sort_keys=False), "config.yaml")
     tracker.log_dataset(run_id, f"{run['dataset']}/{category}/test", read_json(report, "validation report")
