@@ -5,7 +5,8 @@ baseline commit, measured in the same run (``snakemake -n`` from an empty folder
     .venv/bin/python benchmarks/bench_dag.py --baseline HEAD~3 --repeats 3
 
 Targets (issue "One plan of every run"): paper config <= 10 s, demo <= 3 s on 2 cores. Prints
-one row per (config, tree): jobs listed and the best and median wall time of the repeats.
+one row per (config, tree, mode): jobs listed (dry run) and the best and median wall time of
+the repeats, for the DAG build alone (`snakemake --dag`) and for a dry run (`snakemake -n`).
 The baseline tree is exported with ``git archive`` and imported through PYTHONPATH, so both
 trees run with the same interpreter and packages.
 """
@@ -37,10 +38,9 @@ def export_tree(revision: str, into: Path) -> Path:
     return into
 
 
-def dry_run(tree: Path, configfiles: list[str], workdir: Path) -> tuple[float, int]:
-    """Seconds and job count of one ``snakemake -n`` of ``tree`` from an empty ``workdir``."""
-    command = [sys.executable, "-m", "snakemake", "-n", "--quiet", "rules", "--snakefile", str(tree / "Snakefile"),
-               "--directory", str(workdir)]
+def snakemake_seconds(tree: Path, configfiles: list[str], workdir: Path, mode: list[str]) -> tuple[float, str]:
+    """Seconds and output of one ``snakemake <mode>`` of ``tree`` from an empty ``workdir``."""
+    command = [sys.executable, "-m", "snakemake", *mode, "--snakefile", str(tree / "Snakefile"), "--directory", str(workdir)]
     if configfiles:
         command += ["--configfile", *[str(tree / f) for f in configfiles]]
     # the DAG alone: the plan-time architecture check (anodiff.architectures) runs once per new
@@ -50,30 +50,39 @@ def dry_run(tree: Path, configfiles: list[str], workdir: Path) -> tuple[float, i
     result = subprocess.run(command, capture_output=True, text=True, cwd=tree, env=env, timeout=900)
     seconds = time.perf_counter() - started
     if result.returncode != 0:
-        raise RuntimeError(f"snakemake -n failed in {tree}:\n{result.stderr[-3000:]}")
-    total = re.search(r"^total\s+(\d+)", result.stdout + result.stderr, re.MULTILINE)
-    return seconds, int(total.group(1)) if total else 0
+        raise RuntimeError(f"snakemake {' '.join(mode)} failed in {tree}:\n{result.stderr[-3000:]}")
+    return seconds, result.stdout + result.stderr
+
+
+# "DAG build": `snakemake --dag` (interpreter start, the Snakefile and the plan, every job's
+# inputs, params and needrun, then the graph as text), what precedes the first job of a real
+# run. "dry run": `snakemake -n`, which also walks the scheduler over every job and formats
+# each one (its resources included) for printing.
+MODES = {"DAG build": ["--dag"], "dry run": ["-n", "--quiet", "rules"]}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--baseline", default="5cf4cb3", help="git revision to compare with (default: %(default)s)")
-    parser.add_argument("--repeats", type=int, default=2, help="dry runs per config and tree (default: %(default)s)")
+    parser.add_argument("--repeats", type=int, default=2, help="runs per config, tree and mode (default: %(default)s)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         trees = {f"baseline {args.baseline}": export_tree(args.baseline, Path(tmp) / "baseline"), "now": REPO}
         rows = []
         for config, files in CONFIGS.items():
             for label, tree in trees.items():
-                times, jobs = [], 0
-                for _ in range(args.repeats):
-                    with tempfile.TemporaryDirectory() as workdir:
-                        seconds, jobs = dry_run(tree, files, Path(workdir))
-                    times.append(seconds)
-                rows.append((config, label, jobs, min(times), statistics.median(times)))
-    print(f"| config | tree | jobs | best s | median s |\n|---|---|---:|---:|---:|")
-    for config, label, jobs, best, median in rows:
-        print(f"| {config} | {label} | {jobs} | {best:.1f} | {median:.1f} |")
+                for mode, flags in MODES.items():
+                    times, output = [], ""
+                    for _ in range(args.repeats):
+                        with tempfile.TemporaryDirectory() as workdir:
+                            seconds, output = snakemake_seconds(tree, files, Path(workdir), flags)
+                        times.append(seconds)
+                    total = re.search(r"^total\s+(\d+)", output, re.MULTILINE)
+                    jobs = total.group(1) if total else "-"
+                    rows.append((config, label, mode, jobs, min(times), statistics.median(times)))
+    print("| config | tree | mode | jobs | best s | median s |\n|---|---|---|---:|---:|---:|")
+    for config, label, mode, jobs, best, median in rows:
+        print(f"| {config} | {label} | {mode} | {jobs} | {best:.1f} | {median:.1f} |")
 
 
 if __name__ == "__main__":
