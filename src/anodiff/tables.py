@@ -365,7 +365,8 @@ def write_table(table: pd.DataFrame, parquet: Path, markdown: Path, latex: Path,
 
 def metric_view(table: pd.DataFrame) -> pd.DataFrame:
     """Metric rows as people read them: metrics in % with one decimal, FPS (images/s of the
-    infer job) with one, headers with units; the run and category keys first."""
+    fps job, :func:`anodiff.throughput.time_predictions`) with one, headers with units; the run
+    and category keys first."""
     keys = [c for c in ("dataset", "method", "variant", "category") if c in table]
     metrics = [m for m in METRIC_LABELS if m in table and (m in PERCENT_METRICS or m == "fps")]
     shown = table[keys + metrics].copy()
@@ -379,8 +380,9 @@ def metric_view(table: pd.DataFrame) -> pd.DataFrame:
 
 
 METRIC_TABLE_CAPTION = ("Metrics per dataset, method, variant and category (mean: the average over categories), "
-                        "in %, exact (every score a threshold, no approximation); FPS: images/s of the infer job "
-                        "on its device. weights RANDOM: a pretrained network could not be loaded and a seeded "
+                        "in %, exact (every score a threshold, no approximation); FPS: images/s of the fps job, the "
+                        "trained model end to end (host-to-device copy, backbone, method) on the run's test images, "
+                        "batch 64 after a warm-up batch, on its device. weights RANDOM: a pretrained network could not be loaded and a seeded "
                         "random stand-in was used (offline demo): such numbers are not comparable with any paper.")
 
 
