@@ -134,22 +134,60 @@ def test_a_config_that_only_prepares_data_is_valid():
     assert build_plan({**DEMO, "methods": {}, "tables": {}, "figures": {}}, REPO).runs == {}
 
 
-def test_a_replaced_image_of_a_prepared_dataset_fails_the_next_run_naming_the_category(workdir):
-    from anodiff.data.mvtec import DatasetError, list_samples
-    from anodiff.data.prepare import check_unchanged
+def test_a_replaced_image_or_mask_changes_the_params_of_exactly_the_jobs_that_read_it(workdir):
+    """Row 3: the jobs that read a category's files carry their digest as a param, so Snakemake
+    re-runs exactly them (the dry run after a finished run: tests/test_workflow.py,
+    test_an_edit_reruns_exactly_what_it_affects, step 4)."""
+    from types import SimpleNamespace
 
-    config = {"source": "synthetic", "root": "data", "categories": ["weave", "washer"],
-              "synthetic": {"image_size": 32, "n_train": 2, "n_test_good": 1, "n_test_per_defect": 1, "seed": 0}}
+    from anodiff.data.digests import UNPREPARED, DataDigests
+    from anodiff.data.mvtec import list_samples
+    from anodiff.inputs import JobInputs
+
+    dataset = {**DEMO["datasets"]["synthetic"], "categories": ["weave", "washer"],
+               "synthetic": {"image_size": 32, "n_train": 2, "n_test_good": 1, "n_test_per_defect": 1, "seed": 0}}
+    plan = build_plan({**DEMO, "datasets": {"synthetic": dataset}}, REPO)
+    run = next(iter(plan.runs.values()))
+    spec_key = run.feature_key
+    images = getattr(plan, "images", {}).get("synthetic", "synthetic")
+
+    def params() -> dict:
+        """Each job's data param, as a fresh DAG build computes it."""
+        data = DataDigests(JobInputs(plan, "resources/weights"))
+        return {**{("cache_features", c, s): data.cache(SimpleNamespace(dataset="synthetic", images=images,
+                                                                         spec_key=spec_key, category=c, split=s))
+                   for c in ("weave", "washer") for s in ("train", "test")},
+                **{("evaluate", c): data.evaluate(SimpleNamespace(dataset="synthetic", method=run.method,
+                                                                   variant=run.variant, category=c))
+                   for c in ("weave", "washer")},
+                "fps": data.fps(SimpleNamespace(dataset="synthetic", method=run.method, variant=run.variant))}
+
+    unprepared = params()  # no report yet: a stable placeholder
+    assert unprepared["fps"] == unprepared[("cache_features", "weave", "train")] == UNPREPARED
     report = Path("results/datasets/synthetic/validation.json")
-    prepare_dataset(dataset="synthetic", dataset_config=config, report_path=report)
-    check_unchanged("synthetic", report)  # nothing changed: silent
-    image = list_samples(Path("data"), "washer", "train")[0].image_path
-    image.write_bytes(list_samples(Path("data"), "weave", "train")[0].image_path.read_bytes())  # replaced
-    with pytest.raises(DatasetError) as error:
-        check_unchanged("synthetic", report)
-    message = str(error.value)
-    assert "changed since it was prepared" in message and "washer" in message and "weave" not in message
-    assert f"snakemake --cores N --force {report}" in message
+    prepare_dataset(dataset="synthetic", dataset_config=dataset, report_path=report)
+    prepared = params()
+    assert UNPREPARED not in str(prepared) and params() == prepared  # stable while nothing changes
+    assert json.loads(report.read_text())["manifest"]["washer"]["test"]["images"] == \
+        prepared[("cache_features", "washer", "test")]  # the report records what was validated
+
+    def changed() -> set:
+        now = params()
+        return {job for job, value in now.items() if value != prepared[job]}
+
+    root = Path(dataset["root"])
+    test_image = [s for s in list_samples(root, "washer", "test") if s.mask_path is not None][0]
+    original = test_image.image_path.read_bytes()
+    test_image.image_path.write_bytes(list_samples(root, "weave", "test")[0].image_path.read_bytes())  # replaced
+    assert changed() == {("cache_features", "washer", "test"), ("evaluate", "washer")}  # fps times weave
+    test_image.image_path.write_bytes(original)
+    prepared = params()
+
+    test_image.mask_path.write_bytes(test_image.mask_path.read_bytes() + b"\0")  # a fixed mask: the metrics only
+    assert changed() == {("evaluate", "washer")}
+    prepared = params()
+    list_samples(root, "weave", "train")[0].image_path.unlink()  # a removed training image of the first category
+    assert changed() == {("cache_features", "weave", "train")}
     assert report.is_file()  # nothing already done is lost
 
 

@@ -377,8 +377,9 @@ def evaluate(*, predictions: str | Path, report: str | Path, category: str, outp
                                 "n_test_images": len(samples),
                                 "n_anomalous": row["n_anomalous"], "map_size": row["map_size"]})
     tracker.log_text(run_id, yaml.safe_dump(dict(config), sort_keys=False), "config.yaml")
-    tracker.log_dataset(run_id, f"{run['dataset']}/{category}/test", read_json(report, "validation report")
-                        .get("manifest", {}).get(category, ""), str(root / category), context="test")
+    test_digest = mvtec.split_manifest(root, category, "test")  # of the files as read now (anodiff.data.digests)
+    tracker.log_dataset(run_id, f"{run['dataset']}/{category}/test", f"{test_digest['images']}-{test_digest['masks']}",
+                        str(root / category), context="test")
     tracker.log_metrics(run_id, metrics)
     tracker.log_artifact(run_id, Path(output))
     tracker.end_run(run_id)

@@ -7,7 +7,8 @@ from pathlib import Path
 from snakemake.common import overwrite_function_params
 
 from anodiff import paths
-from anodiff.inputs import JobInputs, report_of
+from anodiff.data.digests import DataDigests
+from anodiff.inputs import JobInputs
 from anodiff.plan import build_plan
 
 
@@ -59,13 +60,6 @@ def param(attribute):
     return of_wildcards(lambda w: getattr(PLAN.run(w.dataset, w.method, w.variant), attribute))
 
 
-PREPARED = [d for d in PLAN.datasets if Path(report_of(d)).is_file()]
-if PREPARED and workflow.is_main_process:  # changed data fails here, not as stale results
-    from anodiff.data.prepare import check_unchanged
-
-    for dataset in PREPARED:
-        check_unchanged(dataset, report_of(dataset))
-
 # --- anodiff.architectures: plan-time meta-device check of every distinct model -----------
 # Builds each architecture the last successful check has not seen on torch.device("meta") and
 # runs it on meta tensors of the real shapes, so an impossible combination fails the dry run
@@ -105,3 +99,6 @@ def estimated_resources(kind):
 
 JOB_INPUTS = JobInputs(PLAN, config["weights_dir"])  # what every job reads (anodiff.inputs)
 INPUTS = InputFunctions(JOB_INPUTS)
+# the digest of the dataset files a job reads, as its param: changed data re-runs what it
+# affects (anodiff.data.digests; computed lazily, memoised per category and split)
+DATA = InputFunctions(DataDigests(JOB_INPUTS))

@@ -8,6 +8,7 @@ rule evaluate:
         setting=param("setting"),
         config=param("config"),  # logged with the MLflow run; any change re-runs infer anyway
         evaluation=config["evaluation"],
+        data=DATA.evaluate,  # its test images and masks: a fixed mask re-runs the metrics only
     log:
         paths.log("evaluate", "{dataset}/{method}/{variant}/{category}"),
     benchmark:

@@ -22,6 +22,7 @@ rule cache_features:
         paths.FEATURE_CACHE,
     params:
         spec=of_wildcards(lambda w: PLAN.feature_specs[w.spec_key]),
+        data=DATA.cache,  # its images: a replaced one re-runs this cache and what follows
     resources:  # anodiff.budget
         **estimated_resources("cache_features"),
     log:

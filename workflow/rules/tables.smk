@@ -11,6 +11,7 @@ rule fps:
         setting=param("setting"),
         category=of_wildcards(lambda w: PLAN.run(w.dataset, w.method, w.variant).categories[0]),
         settings=config["fps"],
+        data=DATA.fps,  # the test images it times
     log:
         paths.log("fps", "{dataset}/{method}/{variant}"),
     benchmark:

@@ -218,17 +218,36 @@ def list_samples(root: Path, category: str, split: Split) -> list[Sample]:
     return samples
 
 
-def manifest(root: Path, category: str) -> str:
-    """Digest of every file the loader reads for ``category`` (image and mask paths relative
-    to ``root``, sizes, modification times): a replaced, added or removed file changes it."""
-    entries = []
-    for split in SPLITS:
-        for sample in list_samples(root, category, split):
-            for path in (sample.image_path, sample.mask_path):
-                if path is not None:
-                    stat = os.stat(path)
-                    entries.append((os.path.relpath(path, root), stat.st_size, stat.st_mtime_ns))
-    return hashlib.sha1(json.dumps(sorted(entries)).encode()).hexdigest()[:16]
+def _digest(entries: Any) -> str:
+    return hashlib.sha1(json.dumps(entries, default=str).encode()).hexdigest()[:16]
+
+
+def _stat(path: Path) -> tuple[int, int] | None:
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return stat.st_size, stat.st_mtime_ns
+
+
+def split_manifest(root: Path, category: str, split: str) -> dict[str, str]:
+    """Digests of the files one split of ``category`` is read from: ``images`` (each image's
+    path relative to ``root``, label, defect type, size and modification time: what a feature
+    cache reads) and ``masks`` (the same of the ground-truth masks: what the metrics also read).
+    A replaced, added or removed file changes them. Never raises: a problem (a missing file or
+    folder) enters the digest, and the job that reads the split then fails naming it."""
+    try:
+        samples, problems = scan_split(root, category, split)
+    except (DatasetError, OSError) as error:
+        samples, problems = [], [str(error)]
+    images = [(os.path.relpath(s.image_path, root), s.label, s.defect_type, _stat(s.image_path)) for s in samples]
+    masks = [(os.path.relpath(s.mask_path, root), _stat(s.mask_path)) for s in samples if s.mask_path is not None]
+    return {"images": _digest([problems, images]), "masks": _digest(masks)}
+
+
+def manifest(root: Path, category: str) -> dict[str, dict[str, str]]:
+    """:func:`split_manifest` of every split of ``category`` (recorded in the validation report)."""
+    return {split: split_manifest(root, category, split) for split in SPLITS}
 
 
 # ----------------------------------------------------------------------------- reading

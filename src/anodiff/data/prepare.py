@@ -283,29 +283,6 @@ def write_report(report: Mapping[str, Any], report_path: str | Path) -> None:
     atomic_write_text(text, path)
 
 
-def check_unchanged(dataset: str, report_path: str | Path) -> None:
-    """Raise if a prepared dataset's files changed since its report was written (a replaced,
-    added or removed image or mask): results computed from the old files would be stale.
-    Nothing to check before the dataset is prepared."""
-    path = Path(report_path)
-    if not path.is_file():
-        return
-    report = json.loads(path.read_text())
-    root, changed = Path(report["root"]), []
-    for category, digest in report.get("manifest", {}).items():
-        try:
-            current = mvtec.manifest(root, category)
-        except (DatasetError, OSError):
-            current = None
-        if current != digest:
-            changed.append(category)
-    if changed:
-        raise DatasetError(
-            f"dataset '{dataset}' changed since it was prepared ({path}): files of {', '.join(changed)} were "
-            f"replaced, added or removed under {root}. Re-validate it and re-run what depends on it: "
-            f"snakemake --cores N --force {path} && snakemake --cores N")
-
-
 def prepare_and_validate(dataset: str, config: Mapping[str, Any], report_path: str | Path) -> dict[str, Any]:
     """The whole stage: :func:`prepare_files`, :func:`validation_report`, :func:`write_report`."""
     report = validation_report(dataset, config, prepare_files(dataset, config))
