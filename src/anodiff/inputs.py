@@ -106,9 +106,11 @@ class JobInputs:
                 "run_info": model_inputs(run, w.category)["run_info"], "weights": self.weights_status(run.weights)}
 
     def selection(self, w: Any) -> list[str]:
-        """The candidates' metrics a paper-protocol run chooses among."""
+        """The candidates' metrics a paper-protocol run chooses among: this category's, or every
+        category's when it chooses once for the run (``select_per``)."""
         run = self.run_of(w)
-        return [at(paths.METRICS, run, variant, category=w.category) for variant in run.selects]
+        categories = run.categories if run.select_per == "run" else [w.category]
+        return [at(paths.METRICS, run, variant, category=c) for variant in run.selects for c in categories]
 
     def run_figures(self, w: Any) -> Inputs:
         run = self.run_of(w)
@@ -127,10 +129,11 @@ class JobInputs:
         return {"metrics": metrics_of(runs), "fps": fps}
 
     def figure(self, w: Any) -> Inputs:
-        """Per kind, exactly what the figure draws: metrics (sweep; tradeoff adds fps) or predictions."""
+        """Per kind, exactly what the figure draws: metrics (sweep; tradeoff adds fps), predictions, or
+        the paper tables (gap)."""
         figure_id = f"{w.paper}/{w.figure}"
         figure, runs = self.plan.figures[figure_id], self.plan.figure_runs(figure_id)
-        inputs = {"metrics": [], "fps": [], "predictions": [], "report": report_of(runs[0].dataset),
+        inputs = {"metrics": [], "fps": [], "predictions": [], "tables": [], "report": report_of(runs[0].dataset),
                   "weights": self.weights_status(sorted({k for r in runs for k in r.weights}))}
         if figure["kind"] in ("sweep", "tradeoff"):
             inputs["metrics"] = metrics_of(runs)
@@ -140,6 +143,8 @@ class JobInputs:
             inputs["predictions"] = predictions_of(runs)
         if figure["kind"] == "qualitative":
             inputs["predictions"] = [at(paths.PREDICTIONS, r, category=figure["category"]) for r in runs]
+        if figure["kind"] == "gap":  # the built paper tables: reported, ours and ours (paper protocol)
+            inputs["tables"] = [f for t in figure["tables"] for f in paths.paper_files(paths.PAPER_TABLE, t, ("parquet",))]
         return inputs
 
     def all_outputs(self) -> list[str]:

@@ -16,7 +16,7 @@ Pure Python (stdlib + yaml): the workflow's plan imports it. A spec has these to
 ``runs``
     ``method: {setting, datasets, variants}``. ``setting`` (default ``per_class``) and
     ``datasets`` are the defaults of the method's variants; a variant is
-    ``name: {datasets, setting, overrides}`` as in config.yaml, or a GRID: a name template such
+    ``name: {datasets, setting, overrides, protocol, select_on_test}`` as in config.yaml, or a GRID: a name template such
     as ``"recon{start}-s{S}"`` with ``grid: {axis: {key, values}, ...}`` and optional
     ``exclude: [{axis: label, ...}, ...]``. ``key`` is the override key path (``a.b.c``), or a
     list of paths set together from a list value; ``values`` is a list (each value is its own
@@ -25,7 +25,9 @@ Pure Python (stdlib + yaml): the workflow's plan imports it. A spec has these to
     cell's overrides are the grid's ``overrides`` plus its axis values.
 ``tables``
     ``"<paper>/<table>": {caption, protocol_note, reference_device, rows}``. A row is
-    ``{reported, method, variant, datasets, setting, categories}`` as in config.yaml, or just
+    ``{reported, method, variant, datasets, setting, categories, paper_protocol}`` as in config.yaml
+    (``paper_protocol``: the variant of the same method whose paper-protocol run fills the column
+    "ours (paper protocol)" beside ``variant``'s honest numbers), or just
     the printed name (a string). Any row field given at table level is the default of its rows
     (row > table > ``printed``); ``datasets`` may be a list, meaning each printed dataset is
     ours of the same name. A row with a ``grid`` (axes as above, ``key`` unused; an axis may be
@@ -57,13 +59,14 @@ from anodiff.config import ConfigError
 SETTINGS = ("per_class", "unified")
 SPEC_KEYS = ("protocol", "reference_device", "printed", "runs", "tables", "figures")
 METHOD_KEYS = ("setting", "datasets", "variants")
-VARIANT_KEYS = ("datasets", "setting", "overrides")
+VARIANT_KEYS = ("datasets", "setting", "overrides", "protocol", "select_on_test")
 GRID_KEYS = ("grid", "exclude")
 AXIS_KEYS = ("key", "values")
-ROW_KEYS = ("reported", "method", "variant", "datasets", "setting", "categories")
+ROW_KEYS = ("reported", "method", "variant", "datasets", "setting", "categories", "paper_protocol")
 TABLE_KEYS = ("caption", "protocol_note", "reference_device", "rows", *ROW_KEYS)
 RUN_KEYS = ("dataset", "method", "variant", "x", "label")
-FIGURE_KEYS = ("kind", "caption", "runs", "x_label", "metrics", "scores", "category", "dataset", "method", "variant")
+FIGURE_KEYS = ("kind", "caption", "runs", "x_label", "metrics", "scores", "category", "dataset", "method", "variant",
+               "tables")
 
 
 def load_paper_specs(names: Sequence[str], spec_dir: Path) -> dict[str, Any]:
@@ -103,11 +106,12 @@ def load_paper_specs(names: Sequence[str], spec_dir: Path) -> dict[str, Any]:
     for table_id, table in plan["tables"].items():
         for index, row in enumerate(table["rows"]):
             for dataset in row["datasets"].values():
-                _check_run(plan["methods"], row["method"], row["variant"], dataset,
-                           f"{origin[('tables', table_id)]}: tables.{table_id}.rows[{index}] "
-                           f"({' '.join(filter(None, (row['reported'], row.get('setting'))))})", names)
+                for variant in filter(None, (row["variant"], row.get("paper_protocol"))):
+                    _check_run(plan["methods"], row["method"], variant, dataset,
+                               f"{origin[('tables', table_id)]}: tables.{table_id}.rows[{index}] "
+                               f"({' '.join(filter(None, (row['reported'], row.get('setting'))))})", names)
     for figure_id, figure in plan["figures"].items():
-        for index, run in enumerate(figure["runs"]):
+        for index, run in enumerate(figure.get("runs", [])):
             _check_run(plan["methods"], run["method"], run["variant"], run["dataset"],
                        f"{origin[('figures', figure_id)]}: figures.{figure_id}.runs[{index}]", names)
     return plan
@@ -169,6 +173,9 @@ def _variant(entry: Mapping[str, Any], overrides: Any, where: str) -> dict[str, 
     variant = {"datasets": list(datasets), "setting": entry["setting"]}
     if _mapping(overrides, f"{where}.overrides"):
         variant["overrides"] = overrides
+    for key in ("protocol", "select_on_test"):  # a paper-protocol run (checked by anodiff.plan)
+        if key in entry:
+            variant[key] = copy.deepcopy(entry[key])
     return variant
 
 
@@ -332,6 +339,8 @@ def _expand_rows(row: Any, table: Mapping[str, Any], printed: Mapping[str, dict[
             expanded["setting"] = str(values["setting"])
         if values.get("categories"):
             expanded["categories"] = dict(_mapping(values["categories"], f"{here}.categories"))
+        if values.get("paper_protocol"):
+            expanded["paper_protocol"] = str(values["paper_protocol"])
         rows.append(expanded)
     return rows
 
@@ -353,9 +362,13 @@ def _dataset_map(datasets: Any, where: str) -> dict[str, str]:
 def _expand_figure(figure: Any, where: str) -> dict[str, Any]:
     figure = _mapping(figure, where)
     _check_keys(figure, FIGURE_KEYS, where)
-    for key in ("kind", "caption", "runs"):
+    for key in ("kind", "caption", "tables" if figure.get("kind") == "gap" else "runs"):
         if key not in figure:
             raise ConfigError(f"{where}: missing {key}")
+    if figure["kind"] == "gap":  # drawn from paper tables; anodiff.plan adds their runs
+        if "runs" in figure:
+            raise ConfigError(f"{where}: a gap figure draws its tables' runs (tables:), not runs:")
+        return dict(figure)
     if not isinstance(figure["runs"], list) or not figure["runs"]:
         raise ConfigError(f"{where}.runs: expected a non-empty list of runs")
     expanded = {k: v for k, v in figure.items() if k not in ("runs", "dataset", "method", "variant")}

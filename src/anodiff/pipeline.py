@@ -338,7 +338,8 @@ def _check_finite(values: np.ndarray, what: str) -> None:
 # ----------------------------------------------------------------------------- 4. metrics
 def evaluate(*, predictions: str | Path, report: str | Path, category: str, output: str | Path,
              run_info: str | Path, run: Mapping[str, str], env: JobEnvironment, evaluation: Mapping[str, Any],
-             weights_status: Sequence[str | Path] = (), config: Mapping[str, Any] | None = None) -> None:
+             weights_status: Sequence[str | Path] = (), config: Mapping[str, Any] | None = None,
+             paper_protocol: str = "") -> None:
     """Compute every metric of one category under the evaluation protocol (``evaluation``: the
     config section, :mod:`anodiff.evaluation`); write a one-row parquet; log a nested run.
 
@@ -347,6 +348,9 @@ def evaluate(*, predictions: str | Path, report: str | Path, category: str, outp
     whether the run's pretrained networks were real (``weights_status``: their fetch_weights
     status files; ``pretrained_weights``, ``random_weights``). ``config``: the run's resolved
     config, logged with the run (params and a YAML artifact) beside the test set it read.
+    ``paper_protocol``: what the run's paper-protocol shortcuts do (``Run.protocol_text``; its
+    predictions read the test set before scoring); empty for an honest run. The row, the
+    MLflow run and every table cell of it then say ``protocol = paper``.
     """
     config = config or {}
     provenance = weights_provenance(weights_status)
@@ -364,9 +368,13 @@ def evaluate(*, predictions: str | Path, report: str | Path, category: str, outp
         raise type(error)(f"{predictions}: {error}") from error
     tracker = Tracker(env.tracking)
     run_id = tracker.start_run(f"{run['dataset']}/{run['method']}/{run['variant']}/{category} · evaluate",
-                               {**run, **_tags(provenance), "category": category, "stage": "evaluate"},
+                               {**run, **_tags(provenance), "category": category, "stage": "evaluate",
+                                "protocol": "paper" if paper_protocol else "honest",
+                                **({"paper_protocol": paper_protocol} if paper_protocol else {})},
                                read_run_id(Path(run_info)))
-    row = {**run, **provenance, "protocol": "honest", "category": category, "n_test_images": len(samples),
+    row = {**run, **provenance, "protocol": "paper" if paper_protocol else "honest",
+           **({"paper_protocol": paper_protocol} if paper_protocol else {}),
+           "category": category, "n_test_images": len(samples),
            "n_anomalous": int(saved["labels"].sum()), **metrics,
            "device": _device_name(),
            "map_size": int(saved["anomaly_map"].shape[-1]), "eval_resolution": protocol.resolution,
@@ -385,24 +393,58 @@ def evaluate(*, predictions: str | Path, report: str | Path, category: str, outp
     tracker.end_run(run_id)
 
 
+AUROC_METRICS = ("image_auroc", "pixel_auroc")  # what DiAD's official evaluation flips below 0.5
+
+
+def flipped_auroc(rows: pd.DataFrame) -> pd.DataFrame:
+    """Metric rows with each AUROC below 0.5 replaced by 1 - AUROC, and mAD recomputed (the
+    paper-protocol shortcut of DiAD's official evaluation: a class whose anomaly score ranks
+    backwards counts as if it ranked forwards, which reads the test labels)."""
+    rows = rows.copy()
+    for metric in AUROC_METRICS:
+        if metric in rows:
+            rows[metric] = rows[metric].where(rows[metric] >= 0.5, 1.0 - rows[metric])
+    if "mad" in rows:
+        rows["mad"] = rows[[m for m in METRIC_NAMES if m != "mad"]].mean(axis=1)
+    return rows
+
+
 def select_on_test(*, candidate_files: Sequence[str | Path], select_by: str, output: str | Path,
-                   run: Mapping[str, str], env: JobEnvironment) -> None:
-    """A paper-protocol run's row of one category: the candidate (one metrics row per variant)
-    with the highest ``select_by`` on this category's TEST set, as some papers choose a
-    hyper-parameter per category (InversionAD's "Ours*"). Selection on test data inflates the
-    number; the row says ``protocol = paper`` and which candidate it took."""
+                   run: Mapping[str, str], env: JobEnvironment, per: str = "category",
+                   flip_auroc: bool = False) -> None:
+    """A paper-protocol run's row of one category (``run['category']``), chosen on the TEST set.
+
+    ``candidate_files``: metrics rows of the candidate variants (this category's, or every
+    category's for ``per = run``). ``per = category``: the candidate with the highest
+    ``select_by`` on this category, as papers choose a hyper-parameter per category
+    (InversionAD's "Ours*"); ``per = run``: the candidate with the highest mean over the
+    categories, one choice for all (a unified model's checkpoint). ``flip_auroc``: AUROCs below
+    0.5 are flipped first (:func:`flipped_auroc`, DiAD). Selection on test data inflates the
+    number; the row says ``protocol = paper`` and what it took.
+    """
     candidates = pd.concat([read_parquet(p, "metrics") for p in candidate_files], ignore_index=True)
     if select_by not in candidates:
         raise ValueError(f"select_on_test.by: {select_by!r} is not a metric of {list(candidate_files)}")
-    best = candidates.loc[candidates[select_by].idxmax()]
+    if flip_auroc:
+        candidates = flipped_auroc(candidates)
+    variants = list(dict.fromkeys(candidates.variant))  # candidate order: ties go to the first
+    mine = candidates[candidates.category == run["category"]].set_index("variant").loc[variants].reset_index()
+    if per == "run":
+        means = candidates.groupby("variant", sort=False)[select_by].mean().loc[variants]
+        best = mine.loc[mine.variant == means.idxmax()].iloc[0]
+        how = f"max mean test {select_by} over categories of {', '.join(variants)}"
+    else:
+        best = mine.loc[mine[select_by].idxmax()]
+        how = f"max test {select_by} of {', '.join(variants)}" if len(variants) > 1 else f"{variants[0]}"
+    how += "; AUROC < 0.5 flipped" if flip_auroc else ""
     tracker = Tracker(env.tracking)
     run_id = tracker.start_run(f"{run['dataset']}/{run['method']}/{run['variant']}/{run['category']} · select",
                                {**run, "stage": "select", "protocol": "paper", "selected_variant": best.variant,
-                                "selected_by": select_by})
+                                "selected_by": how})
     tracker.log_metrics(run_id, {m: float(best[m]) for m in METRIC_NAMES})
     tracker.end_run(run_id)
     row = {**best.to_dict(), "variant": run["variant"], "protocol": "paper", "selected_variant": best.variant,
-           "selected_by": f"max test {select_by} of {', '.join(candidates.variant)}", "mlflow_run_id": run_id}
+           "selected_by": how, "mlflow_run_id": run_id}
     with atomic_path(output) as tmp:
         pd.DataFrame([row]).to_parquet(tmp, index=False)
 
@@ -536,10 +578,12 @@ def paper_table(*, table_id: str, table: Mapping[str, Any], metric_files: Sequen
 
 def paper_figure(*, figure_id: str, figure: Mapping[str, Any], metric_files: Sequence[str | Path],
                  fps_files: Sequence[str | Path], prediction_files: Sequence[str | Path], report: str | Path,
-                 outputs: Sequence[str | Path], weights_status: Sequence[str | Path] = ()) -> None:
-    """One figure of a paper (``figure['kind']``: sweep, tradeoff, histogram, qualitative)
+                 outputs: Sequence[str | Path], weights_status: Sequence[str | Path] = (),
+                 table_files: Sequence[str | Path] = ()) -> None:
+    """One figure of a paper (``figure['kind']``: sweep, tradeoff, histogram, qualitative, gap)
     drawn from our runs, as PNG and PDF; ``weights_status`` (the runs' fetch_weights outputs)
-    gives the subtitle that flags random stand-in weights."""
+    gives the subtitle that flags random stand-in weights. ``table_files``: the built paper
+    tables (parquet) a gap figure reads."""
     from anodiff import plots
 
     subtitle = weights_subtitle(weights_status)
@@ -570,5 +614,18 @@ def paper_figure(*, figure_id: str, figure: Mapping[str, Any], metric_files: Seq
                     for run, p in zip(runs, prediction_files)}
         plots.qualitative_comparison(labelled, dataset_root(report), figure["category"], title, *paths,
                                      subtitle=subtitle)
+    elif kind == "gap":
+        tables = pd.concat([read_parquet(p, "paper table") for p in table_files], ignore_index=True)
+        plots.gap(gap_points(tables, figure["metrics"]), title, *paths, subtitle=subtitle)
     else:
         raise ValueError(f"figures.{figure_id}.kind: unknown kind {kind!r}")
+
+
+def gap_points(tables: pd.DataFrame, metrics: Sequence[str]) -> pd.DataFrame:
+    """The gap figure's bars: per printed row with a paper-protocol run, dataset and metric, the
+    printed mean ("reported"), ours with the paper's protocol and ours (honest), in %. A metric
+    a table does not print is left out."""
+    mean = tables[(tables.category == "mean") & tables.metric.isin(list(metrics)) & (tables.paper_run != "")]
+    points = mean.rename(columns={"reproduced": "honest"})[
+        ["table", "dataset", "method", "setting", "metric", "reported", "paper_protocol", "honest"]]
+    return points.dropna(subset=["paper_protocol", "honest"]).reset_index(drop=True)

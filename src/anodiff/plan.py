@@ -63,11 +63,27 @@ class Run:
     figures: tuple[str, ...] = ()  # paper figures that draw it
     selects: tuple[str, ...] = ()  # a paper-protocol run: the candidate variants chosen among on test
     select_by: str = ""  # the test metric that chooses
+    select_per: str = "category"  # choose per category, or once per run by the categories' mean
+    flip_auroc: bool = False  # a category's AUROC below 0.5 counts as 1 - AUROC (DiAD's official code)
+    shortcuts: tuple[str, ...] = ()  # the paper-protocol shortcuts of its config that read the test set
 
     @property
     def protocol(self) -> str:
-        """``paper`` for a run that selects on test data (the papers' shortcuts), else ``honest``."""
-        return "paper" if self.selects else "honest"
+        """``paper`` for a run that selects on or reads test data before scoring (the papers'
+        shortcuts), else ``honest``."""
+        return "paper" if self.selects or self.shortcuts else "honest"
+
+    @property
+    def protocol_text(self) -> str:
+        """What the paper protocol of this run does ("" when honest), for rows, notes and MLflow."""
+        parts = list(self.shortcuts)
+        if self.selects:
+            where = "each category's" if self.select_per == "category" else "the mean over categories of the"
+            parts.append(f"{', '.join(self.selects)} chosen by {where} TEST {self.select_by}"
+                         if len(self.selects) > 1 else f"the metrics of {self.selects[0]}")
+        if self.flip_auroc:
+            parts.append("a category's AUROC below 0.5 reported as 1 - AUROC")
+        return "; ".join(parts)
 
     @property
     def name(self) -> str:
@@ -123,8 +139,8 @@ class Plan:
 
     def table_runs(self, table_id: str) -> list[Run]:
         """The runs a paper table maps, each once, in row order."""
-        found = {(d, row["method"], row["variant"]): None
-                 for row in self.tables[table_id]["rows"] for d in row["datasets"].values()}
+        found = {(d, row["method"], variant): None for row in self.tables[table_id]["rows"]
+                 for d in row["datasets"].values() for variant in _row_variants(row)}
         return [self.run(*key) for key in found]
 
     def figure_runs(self, figure_id: str) -> list[Run]:
@@ -170,6 +186,13 @@ def build_plan(config: Mapping[str, Any], repo: Path) -> Plan:
             feature_specs[spec.key()] = plain(dataclasses.asdict(spec))
             feature_weights[spec.key()] = (spec.weights().key(),) if spec.weights() else ()
             data = plain(dataclasses.asdict(resolved))
+            shortcuts = tuple(entry.reads_test_set(resolved))
+            if shortcuts and settings.get("protocol", "honest") != "paper":
+                raise PlanError(f"{where}.overrides read the TEST set before scoring ({'; '.join(shortcuts)}): "
+                                "a paper-protocol shortcut, allowed only in a variant with protocol: paper")
+            if settings.get("protocol") == "paper" and not shortcuts:
+                raise PlanError(f"{where}: protocol: paper, but no override is a paper-protocol shortcut of "
+                                f"{method} (a select_on_test variant chooses on test by itself)")
             for dataset in settings["datasets"]:
                 if dataset not in datasets:
                     raise PlanError(f"{where}.datasets names {dataset!r}, which is not configured under "
@@ -185,17 +208,21 @@ def build_plan(config: Mapping[str, Any], repo: Path) -> Plan:
                     pretrain_hash=entry.pretrain_hash(data) if entry.has_pretrain else None,
                     feature_key=spec.key(), weights=tuple(w.key() for w in needed),
                     owner=variant, pretrain_owner=variant if entry.has_pretrain else None,
-                    calibrates=entry.calibrates, nfe=entry.nfe(resolved),
+                    calibrates=entry.calibrates, nfe=entry.nfe(resolved), shortcuts=shortcuts,
                 ))
     runs = _assign_owners(runs)
     by_key = {(r.dataset, r.method, r.variant): r for r in runs}
     _validate_tables(tables, by_key)
+    for figure_id, figure in figures.items():
+        if figure["kind"] == "gap":
+            figure["runs"] = _gap_runs(figure_id, figure, tables)
     _validate_figures(figures, by_key)
     uses: dict[tuple[str, str, str], dict[str, list[str]]] = defaultdict(lambda: {"tables": [], "figures": []})
     for table_id, table in tables.items():
         for row in table["rows"]:
             for dataset in row["datasets"].values():
-                uses[(dataset, row["method"], row["variant"])]["tables"].append(table_id)
+                for variant in _row_variants(row):
+                    uses[(dataset, row["method"], variant)]["tables"].append(table_id)
     for figure_id, figure in figures.items():
         for r in figure["runs"]:
             uses[(r["dataset"], r["method"], r["variant"])]["figures"].append(figure_id)
@@ -209,12 +236,37 @@ def build_plan(config: Mapping[str, Any], repo: Path) -> Plan:
 
 
 # ----------------------------------------------------------------------------- helpers
+def _gap_runs(figure_id: str, figure: Mapping[str, Any], tables: Mapping[str, Any]) -> list[dict[str, str]]:
+    """The runs a gap figure draws: of each of its tables' rows with a paper-protocol run, that
+    run and the honest one, on each printed dataset."""
+    runs: dict[tuple[str, str, str], None] = {}
+    for table_id in figure["tables"]:
+        if table_id not in tables:
+            raise PlanError(f"figures.{figure_id}.tables: {table_id!r} is not a configured table "
+                            f"(configured: {sorted(tables)})")
+        for row in tables[table_id]["rows"]:
+            if row.get("paper_protocol"):
+                runs.update({(d, row["method"], v): None for d in row["datasets"].values() for v in _row_variants(row)})
+    if not runs:
+        raise PlanError(f"figures.{figure_id}: none of its tables {figure['tables']} has a row with paper_protocol "
+                        "(a paper-protocol run beside the honest one), so there is no gap to draw")
+    return [dict(zip(("dataset", "method", "variant"), key)) for key in runs]
+
+
+def _row_variants(row: Mapping[str, Any]) -> list[str]:
+    """The runs a table row prints: its variant, and its paper-protocol run if it names one."""
+    return [row["variant"], *([row["paper_protocol"]] if row.get("paper_protocol") else [])]
+
+
 def _selection_runs(method: str, variant: str, settings: Mapping[str, Any], variants: Mapping[str, Any],
                     datasets: Mapping[str, Any]) -> list[Run]:
     """The runs of a ``select_on_test`` variant: no config, no training, its candidates' metrics."""
     where, select = f"methods.{method}.{variant}", settings["select_on_test"]
     if settings.get("overrides"):
         raise PlanError(f"{where}: a select_on_test variant has no overrides (it trains nothing)")
+    if len(select["variants"]) < 2 and not select.get("flip_auroc"):
+        raise PlanError(f"{where}.select_on_test.variants: one candidate selects nothing (give two or more, "
+                        "or flip_auroc: true)")
     runs = []
     for dataset in settings["datasets"]:
         for candidate in select["variants"]:
@@ -226,7 +278,8 @@ def _selection_runs(method: str, variant: str, settings: Mapping[str, Any], vari
                         categories=tuple(datasets[dataset]["categories"]), config={}, training_config={},
                         pretrain_config=None, training_hash="", pretrain_hash=None, feature_key="", weights=(),
                         owner=variant, pretrain_owner=None, calibrates=False, nfe=0,
-                        selects=tuple(select["variants"]), select_by=select.get("by", "image_auroc")))
+                        selects=tuple(select["variants"]), select_by=select.get("by", "image_auroc"),
+                        select_per=select.get("per", "category"), flip_auroc=bool(select.get("flip_auroc", False))))
     return runs
 
 
@@ -342,6 +395,11 @@ def _validate_tables(tables: dict[str, dict[str, Any]], runs: Mapping[tuple[str,
                 if (dataset, row["method"], row["variant"]) not in runs:
                     raise PlanError(f"{where}: {dataset}/{row['method']}/{row['variant']} is not a configured "
                                     "run (methods.<method>.<variant>.datasets)")
+                if row.get("paper_protocol"):
+                    paper_run = runs.get((dataset, row["method"], row["paper_protocol"]))
+                    if paper_run is None or paper_run.protocol != "paper":
+                        raise PlanError(f"{where}.paper_protocol: {dataset}/{row['method']}/{row['paper_protocol']} "
+                                        "is not a configured paper-protocol run (protocol: paper or select_on_test)")
 
 
 def _validate_figures(figures: dict[str, dict[str, Any]], runs: Mapping[tuple[str, str, str], Run]) -> None:

@@ -1,5 +1,6 @@
 """Matplotlib figures of the pipeline: qualitative grids, per-category metric charts and the
-papers' figures (sweeps, accuracy against speed, score histograms, map comparisons).
+papers' figures (sweeps, accuracy against speed, score histograms, map comparisons) and the
+reproduction gap (reported vs paper protocol vs honest).
 
 Conventions a reviewer expects: anomaly maps on one colour scale per method and category
 (the minimum and maximum over all of its test maps, :func:`map_scale`), drawn with a
@@ -284,5 +285,34 @@ def score_histograms(labels: np.ndarray, scores: dict[str, np.ndarray], title: s
         ax.set_xlabel((score_labels or {}).get(name, name.replace("_", " ")))
         ax.set_ylabel("density")
         ax.legend(fontsize=8)
+    _titles(fig, title, subtitle)
+    return _save(fig, *paths)
+
+
+GAP_BARS = (("reported", "reported (paper)", "#9e9e9e"), ("paper_protocol", "ours, paper protocol", "#e6862b"),
+            ("honest", "ours, honest", "#2b6cb0"))
+
+
+def gap(points: pd.DataFrame, title: str, *paths: Path, subtitle: str = "") -> plt.Figure:
+    """The reproduction gap, split (issue 16): per printed row, dataset and metric, the paper's
+    mean beside ours with the paper's protocol and ours (honest). paper protocol - honest is what
+    choosing on the test set buys (selection bias); reported - paper protocol is everything else.
+    ``points``: columns dataset, method, setting, metric, reported, paper_protocol, honest (%)."""
+    groups = [f"{r.method}{f' ({r.setting})' if r.setting else ''}\n{r.dataset}, {_metric_label(r.metric)}"
+              for r in points.itertuples()]
+    position = np.arange(len(points))
+    width = 0.26
+    fig, ax = plt.subplots(figsize=(max(4.8, 1.6 * len(points) + 1.5), 3.8), layout="constrained")
+    for offset, (column, label, color) in zip((-width, 0.0, width), GAP_BARS):
+        values = points[column].to_numpy(dtype=float)
+        bars = ax.bar(position + offset, np.nan_to_num(values), width, label=label, color=color)
+        for bar, value in zip(bars, values):
+            ax.annotate("n/a" if np.isnan(value) else f"{value:.1f}", (bar.get_x() + bar.get_width() / 2,
+                        bar.get_height()), ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(position, groups, fontsize=8)
+    ax.set_ylabel("score (%)")
+    ax.set_ylim(0, 105)
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=8, loc="lower right")
     _titles(fig, title, subtitle)
     return _save(fig, *paths)

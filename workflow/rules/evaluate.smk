@@ -8,6 +8,7 @@ rule evaluate:
         setting=param("setting"),
         config=param("config"),  # logged with the MLflow run; any change re-runs infer anyway
         evaluation=config["evaluation"],
+        paper_protocol=param("protocol_text"),  # "" for an honest run
         data=DATA.evaluate,  # its test images and masks: a fixed mask re-runs the metrics only
     log:
         paths.log("evaluate", "{dataset}/{method}/{variant}/{category}"),
@@ -21,13 +22,16 @@ rule evaluate:
 
 rule select_on_test:
     """A paper-protocol run: on each category, the candidate variant with the best TEST metric
-    (the papers' per-category choices, e.g. InversionAD's "Ours*"); protocol = paper."""
+    (the papers' per-category choices, e.g. InversionAD's "Ours*"), or the best by the mean over
+    categories, AUROCs below 0.5 flipped where asked (DiAD); protocol = paper."""
     input:
         INPUTS.selection,
     output:
         paths.SELECTED_METRICS,
     params:
         select_by=param("select_by"),
+        per=param("select_per"),
+        flip_auroc=param("flip_auroc"),
     log:
         paths.log("select_on_test", "{dataset}/{method}/{variant}/{category}"),
     benchmark:

@@ -14,4 +14,5 @@ evaluate(
     weights_status=list(snakemake.input.weights),
     config=snakemake.params.config,
     evaluation=snakemake.params.evaluation,
+    paper_protocol=snakemake.params.paper_protocol,
 )

@@ -9,6 +9,7 @@ paper_figure(
     fps_files=list(snakemake.input.fps),
     prediction_files=list(snakemake.input.predictions),
     report=snakemake.input.report,
+    table_files=list(snakemake.input.tables),
     outputs=[snakemake.output.png, snakemake.output.pdf],
     weights_status=list(snakemake.input.weights),
 )

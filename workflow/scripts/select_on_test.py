@@ -9,4 +9,6 @@ select_on_test(
     output=snakemake.output[0],
     run={"dataset": w.dataset, "method": w.method, "variant": w.variant, "category": w.category},
     env=JobEnvironment.from_config(snakemake.config),
+    per=snakemake.params.per,
+    flip_auroc=snakemake.params.flip_auroc,
 )

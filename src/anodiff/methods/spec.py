@@ -206,6 +206,9 @@ class MethodEntry:
     inference_keys: tuple[str, ...] = ()  # top-level config keys that never change trained weights
     pretrain_keys: tuple[str, ...] = ()  # top-level config keys the pretrain stage reads; () = no stage
     calibrates: bool = False  # the detector is a methods.base.Calibrated
+    # the settings of a config that read the TEST set before scoring (paper-protocol shortcuts, e.g.
+    # test-set normalisation), one description each; a variant using any says protocol: paper
+    reads_test_set: Callable[[Any], tuple[str, ...]] = lambda config: ()
     implementation: str  # module with build(...) and, with pretrain_keys, pretrain(...)
 
     def __post_init__(self) -> None:

@@ -32,6 +32,13 @@ def nfe(config: D3ADConfig) -> int:
     return config.reconstruction.num_ddim_steps
 
 
+def reads_test_set(config: D3ADConfig) -> tuple[str, ...]:
+    """The paper-protocol shortcut: l_map and f_map min-max normalised over the test set (official code)."""
+    if config.anomaly_map.normalization == "test":
+        return ("test-set min-max normalisation of l_map and f_map (official code)",)
+    return ()
+
+
 ENTRY = MethodEntry(
     key="d3ad",
     config_class=D3ADConfig,
@@ -40,6 +47,7 @@ ENTRY = MethodEntry(
     pretrained_weights=pretrained_weights,
     nfe=nfe,
     inference_keys=("anomaly_map",),  # map fusion only: bins, adapted extractor and map ranges use the rest
+    reads_test_set=reads_test_set,
     implementation="anodiff.methods.d3ad.method",
 )
 

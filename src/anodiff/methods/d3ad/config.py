@@ -206,8 +206,13 @@ class AnomalyMapConfig:
 
     latent_weight: float  # lambda
     gaussian_sigma: float  # in pixels; 0 = no smoothing
+    # whose range normalises l_map and f_map: the training images' (honest) or the test set's own
+    # (the official anomaly_map.py: a paper-protocol shortcut, reads the test set)
+    normalization: Literal["training", "test"]
 
     def __post_init__(self) -> None:
+        if self.normalization not in ("training", "test"):
+            raise ValueError(f"anomaly_map.normalization must be training or test, got {self.normalization!r}")
         if not 0.0 <= self.latent_weight <= 1.0 or self.gaussian_sigma < 0:
             raise ValueError(
                 "need anomaly_map.latent_weight in [0, 1] and gaussian_sigma >= 0, got "

@@ -282,6 +282,9 @@ class D3ADDetector:
     def predict(self, test: FeatureSet) -> Prediction:
         """Smoothed anomaly maps A (Eq. 9) at ``test.image_size`` and image scores max(A).
 
+        l_map and f_map are normalised by their training range, or (``anomaly_map.normalization:
+        test``, a paper-protocol shortcut) by their range over ``test``, the official code's.
+
         ``extras``: each image's start step ``timestep`` (T_hat), its mean KNN distance
         ``knn_distance`` (DIC only; Fig. 5), and the maxima of its normalised l_map and f_map.
         """
@@ -290,8 +293,9 @@ class D3ADDetector:
         images = checked_pixels(test.features, self.config.image_size, "test", "D3AD")
         batches = list(self._raw_maps(images, progress=True))
         parts = {name: torch.cat([b[name] for b in batches]) for name in batches[0]}
-        normalised = {name: normalize(parts[name], *self.map_ranges[name]) for name in MAPS}
         m = self.config.anomaly_map
+        ranges = self.map_ranges if m.normalization == "training" else test_ranges(parts)
+        normalised = {name: normalize(parts[name], *ranges[name]) for name in MAPS}
         anomaly_map = smooth(fuse(normalised["latent"], normalised["feature"], m.latent_weight),
                              m.gaussian_sigma)  # Eq. 9, then the Gaussian filter (App. A.1)
         extras = {f"{name}_map_max": normalised[name].flatten(1).amax(dim=1).numpy() for name in MAPS}
@@ -331,6 +335,12 @@ class D3ADDetector:
 
 
 # ----------------------------------------------------------------------------- entry points
+def test_ranges(maps: dict[str, torch.Tensor]) -> dict[str, tuple[float, float]]:
+    """The paper-protocol range of l_map and f_map (``anomaly_map.normalization: test``): their
+    minimum and maximum over every map of the test set scored (the official code's min-max)."""
+    return {name: (float(maps[name].min()), float(maps[name].max())) for name in MAPS}
+
+
 def adaptation_timesteps(config: DomainAdaptationConfig, count: int, generator: torch.Generator) -> torch.Tensor:
     """Start steps (count,) of one domain-adaptation minibatch: one bin b uniform in 1..|B|, T_hat
     = floor(b / |B| T_max) rounded to ``round_to`` (official ``DA_rnd_step`` and ``roundup``).

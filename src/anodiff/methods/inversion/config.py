@@ -14,6 +14,9 @@ from typing import Literal
 from anodiff.methods.spec import BackboneConfig, DiffusionConfig, UNetConfig
 
 Score = Literal["combined", "nll", "spatial_norm", "reconstruction"]
+# whose minimum and maximum Normalize (Algorithm 1) uses: the training images' scores (honest) or
+# the test set's own (the official src/evaluate.py: a paper-protocol shortcut, reads the test set)
+Normalization = Literal["training", "test"]
 
 
 @dataclass
@@ -68,6 +71,7 @@ class InferenceConfig:
 
     num_inversion_steps: int  # S: length of the evenly spaced sub-sequence tau_S
     score: Score
+    normalization: Normalization  # the range the combined score's Normalize uses
     batch_size: int  # test images per forward pass
     reconstruction_steps: int  # Table 4 "Recon.": S of the evenly spaced grid
     reconstruction_start_fraction: float  # Table 4 "Recon.": perturbation step, fraction of S
@@ -82,6 +86,8 @@ class InferenceConfig:
             raise ValueError(
                 f"inference.num_inversion_steps (S) must be >= 1, got {self.num_inversion_steps}"
             )
+        if self.normalization not in ("training", "test"):
+            raise ValueError(f"inference.normalization must be training or test, got {self.normalization!r}")
         if self.batch_size < 1 or self.reconstruction_steps < 1:
             raise ValueError(
                 f"inference.batch_size and inference.reconstruction_steps must be >= 1, got "

@@ -248,10 +248,15 @@ class InversionDetector:
         return {name: torch.cat(values) for name, values in parts.items()}
 
     def _image_score(self, scores: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The configured image score (N,); ``combined`` is Algorithm 1."""
+        """The configured image score (N,); ``combined`` is Algorithm 1, normalised with the training
+        score range, or (``inference.normalization: test``, a paper-protocol shortcut) with the
+        range of ``scores`` themselves: the test set of one category, as the official code."""
         score = self.config.inference.score
         if score != "combined":
             return scores[score]
+        if self.config.inference.normalization == "test":  # paper protocol: the official src/evaluate.py
+            return sum(min_max_normalize(scores[name], float(scores[name].min()), float(scores[name].max()))
+                       for name in NORMALIZED_SCORES)
         stats = self.score_stats
         return sum(
             min_max_normalize(scores[name], stats[f"{name}_min"], stats[f"{name}_max"])
@@ -268,7 +273,8 @@ class InversionDetector:
         """
         self._fitted_unet()
         self._check_features(test.features, "test")
-        if self.config.inference.score == "combined" and self.score_stats is None:
+        if self.config.inference.score == "combined" and self.config.inference.normalization == "training" \
+                and self.score_stats is None:
             raise RuntimeError("the combined score needs the training score range: call calibrate() or "
                                "load_calibration() after fit() or load_state_dict()")
         reconstruct = self.config.inference.score == "reconstruction"
