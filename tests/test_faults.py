@@ -1,6 +1,7 @@
 """Fault injection: each fault gives a message naming the file and the fix, and loses nothing done."""
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -10,8 +11,9 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from anodiff.config import ConfigError
-from anodiff.features import load_feature_sets
+from anodiff.features import load_feature_sets, save_feature_set
 from anodiff.files import UnreadableFile, load_npz, load_torch
+from anodiff.methods.base import FeatureSet
 from anodiff.pipeline import JobEnvironment, evaluate, load_model, prepare_dataset
 from anodiff.plan import PlanError, build_plan
 from anodiff.tracking import Tracker, TrackingConfig
@@ -33,11 +35,9 @@ def workdir(tmp_path, monkeypatch):
 
 
 def test_a_truncated_feature_cache_names_itself_its_rule_and_the_rebuild_command(workdir):
-    cache = Path("results/features/synthetic/spec/weave/train.pt")
-    cache.parent.mkdir(parents=True)
-    torch.save({"features": torch.zeros(2, 3, 4, 4), "labels": torch.zeros(2, dtype=torch.long),
-                "image_paths": ["a", "b"], "categories": ["weave"] * 2, "defect_types": ["good"] * 2,
-                "image_size": 16, "pretrained_loaded": False}, cache)
+    cache = Path("results/features/synthetic/spec/weave/train.safetensors")
+    save_feature_set(FeatureSet(torch.zeros(2, 3, 4, 4), np.zeros(2, dtype=np.int64), ["a", "b"], ["weave"] * 2,
+                                ["good"] * 2, 16), cache, pretrained_loaded=False)
     assert len(load_feature_sets([cache])) == 2
     truncated(cache)
     with pytest.raises(UnreadableFile) as error:
@@ -222,7 +222,7 @@ def test_a_weights_status_records_what_was_fetched_and_never_a_pickle(tmp_path, 
     (snapshot / "vae" / "diffusion_pytorch_model.safetensors").write_bytes(b"weights")
     seen = {}
 
-    def snapshot_download(repo, allow_patterns, cache_dir):
+    def snapshot_download(repo, allow_patterns, cache_dir, **kwargs):
         seen["patterns"] = allow_patterns
         return str(snapshot)
 
@@ -282,3 +282,75 @@ def test_changing_allow_random_weights_changes_what_fetch_weights_depends_on():
     config["methods"]["patchcore"]["demo"]["overrides"]["backbone"]["allow_random_weights"] = False
     after = build_plan(config, REPO).weights["timm--wide_resnet50_2.tv_in1k"]
     assert before["allow_random_weights"] and not after["allow_random_weights"] and before != after
+    # ... and so is one fetched at another commit than the config now asks for
+    config["pretrained_revisions"] = {"wide_resnet50_2.tv_in1k": "0123456789abcdef0123456789abcdef01234567"}
+    pinned = build_plan(config, REPO).weights["timm--wide_resnet50_2.tv_in1k"]
+    assert after["revision"] is None and pinned["revision"] == config["pretrained_revisions"]["wide_resnet50_2.tv_in1k"]
+
+
+def test_pretrained_weights_are_pinned_to_the_first_fetch_and_verified_by_sha256(tmp_path, monkeypatch):
+    # a local stand-in for the hub, whose latest commit moves on: the lock written by the first
+    # real fetch pins later fetches to its commit and checks every file's SHA-256
+    import hashlib
+
+    import huggingface_hub
+
+    from anodiff import weights as w
+    from anodiff.pipeline import fetch_weights
+
+    hub = {"c1": b"weights one", "c2": b"weights two"}  # commit -> the bytes it serves
+    latest = {"commit": "c1"}
+    asked = []
+
+    def snapshot_download(repo, allow_patterns, cache_dir, revision=None, force_download=False):
+        commit = revision or latest["commit"]
+        asked.append(revision)
+        snapshot = Path(cache_dir) / "models--org--repo" / "snapshots" / commit
+        weight_file = snapshot / "vae" / "diffusion_pytorch_model.safetensors"
+        if force_download or not weight_file.is_file():  # the hub client keeps a cached file
+            weight_file.parent.mkdir(parents=True, exist_ok=True)
+            weight_file.write_bytes(hub[commit])
+            (snapshot / "vae" / "config.json").write_text("{}")
+        return str(snapshot)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    monkeypatch.setattr(w, "_check_hub_reachable", lambda: None)
+    env = JobEnvironment.from_config({"device": "cpu", "weights_dir": str(tmp_path / "w"), "experiment": "e",
+                                      "mlflow": {"tracking_uri": "sqlite:///x.db", "artifact_location": "a"}})
+    lock, status = tmp_path / "config" / "weights.lock.yaml", tmp_path / "w" / "diffusers--org--repo--vae.status.json"
+    network = {"source": "diffusers", "name": "org/repo", "subfolder": "vae", "allow_random_weights": True,
+               "revision": None}
+
+    def fetch(**changes):
+        fetch_weights(weights={**network, **changes}, env=env, status_path=status, lock_path=lock)
+        return json.loads(status.read_text())
+
+    # 1. the first fetch takes the latest commit and writes the lock
+    assert fetch()["commit"] == "c1" and asked == [None]
+    entry = yaml.safe_load(lock.read_text())["diffusers--org--repo--vae"]
+    assert entry["revision"] == "c1" and entry["requested"] is None
+    assert entry["sha256"]["vae/diffusion_pytorch_model.safetensors"] == hashlib.sha256(b"weights one").hexdigest()
+
+    # 2. the hub moves on; a fetch on another machine (empty weights_dir) still gets c1, verified
+    latest["commit"] = "c2"
+    shutil.rmtree(tmp_path / "w")
+    assert fetch()["commit"] == "c1" and asked[-1] == "c1"
+    assert w.fetched_revision(w.PretrainedWeights("diffusers", "org/repo", "vae"), tmp_path / "w") == "c1"
+
+    # 3. a corrupt cached file is downloaded again; if the hub itself serves other bytes: an error
+    # naming the file and the fix, random stand-ins allowed or not, and the lock is kept
+    weight_file = tmp_path / "w/models--org--repo/snapshots/c1/vae/diffusion_pytorch_model.safetensors"
+    weight_file.write_bytes(b"corrupt")
+    assert fetch()["fetched"] and weight_file.read_bytes() == b"weights one"
+    hub["c1"] = b"tampered"
+    weight_file.write_bytes(b"corrupt")
+    with pytest.raises(w.WeightsError) as error:
+        fetch()
+    message = str(error.value)
+    assert "vae/diffusion_pytorch_model.safetensors has SHA-256" in message and str(lock) in message
+    assert "snakemake --cores 1 --forcerun fetch_weights" in message and "pretrained_revisions.org/repo" in message
+    assert yaml.safe_load(lock.read_text())["diffusers--org--repo--vae"]["revision"] == "c1"
+
+    # 4. asking for another commit in the config fetches it and pins that request
+    assert fetch(revision="c2")["commit"] == "c2" and asked[-1] == "c2"
+    assert yaml.safe_load(lock.read_text())["diffusers--org--repo--vae"]["requested"] == "c2"

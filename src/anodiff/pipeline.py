@@ -127,17 +127,20 @@ def dataset_root(report_path: str | Path) -> Path:
     return Path(read_json(report_path, "validation report")["root"])
 
 
-def fetch_weights(*, weights: Mapping[str, Any], env: JobEnvironment, status_path: str | Path) -> None:
+def fetch_weights(*, weights: Mapping[str, Any], env: JobEnvironment, status_path: str | Path,
+                  lock_path: str | Path | None = None) -> None:
     """Download one pretrained network into the weights folder (the one job that needs network).
 
     Compute jobs then load from there only. The status file records what was fetched (the hub
     commit and the SHA-256 of every file) or, offline with ``allow_random_weights``, ``fetched:
     false``: the run then computes with random stand-ins, and every number it makes says so.
     Otherwise the error says which weights are missing and how to fetch them. Its params are
-    the network's description, so changing ``allow_random_weights`` fetches again.
+    the network's description, so changing ``allow_random_weights`` or ``revision`` fetches
+    again. ``lock_path`` (config ``weights_lock``) pins and verifies what is fetched
+    (:func:`anodiff.weights.download`).
     """
     network = PretrainedWeights(**weights)
-    fetched = download(network, env.weights_dir)  # fetched, hub commit, SHA-256 of every file
+    fetched = download(network, env.weights_dir, lock_path and Path(lock_path))  # fetched, commit, SHA-256s
     atomic_write_text(json.dumps({**asdict(network), **fetched, "random": not fetched["fetched"]}, indent=2),
                       status_path)
 

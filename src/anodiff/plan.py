@@ -169,6 +169,7 @@ def build_plan(config: Mapping[str, Any], repo: Path) -> Plan:
     feature_specs: dict[str, dict[str, Any]] = {}
     feature_weights: dict[str, tuple[str, ...]] = {}
     weights: dict[str, dict[str, Any]] = {}
+    revisions = config.get("pretrained_revisions", {})
     for method, variants in methods.items():
         entry = _entry(method)
         defaults = _method_defaults(entry, defaults_dir / f"{method}.yaml")
@@ -181,8 +182,8 @@ def build_plan(config: Mapping[str, Any], repo: Path) -> Plan:
                                  where=f"{where}.overrides")
             spec = entry.feature_spec(resolved)
             needed = ([spec.weights()] if spec.weights() else []) + list(entry.pretrained_weights(resolved))
-            for network in needed:
-                _add_weights(weights, network)
+            for network in needed:  # at the commit the config pins (None: the lock's, else the latest)
+                _add_weights(weights, dataclasses.replace(network, revision=revisions.get(network.name)))
             feature_specs[spec.key()] = plain(dataclasses.asdict(spec))
             feature_weights[spec.key()] = (spec.weights().key(),) if spec.weights() else ()
             data = plain(dataclasses.asdict(resolved))

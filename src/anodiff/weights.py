@@ -6,18 +6,26 @@ compute job loads with ``local_files_only``. A method lists what it needs as
 :class:`PretrainedWeights` (``MethodEntry.pretrained_weights``); its feature backbone is
 listed by its :class:`~anodiff.methods.spec.FeatureSpec`.
 
+Pinned: ``pretrained_revisions`` in the config names a hub commit per network (by its name);
+unnamed, the first online fetch takes the latest. Either way the first real fetch writes the
+commit and the SHA-256 of every file to the lock file (``weights_lock``, by default
+``config/weights.lock.yaml``, committed with the config), and later fetches of the same request
+download that commit and verify every file against it (:func:`download`). Compute jobs load
+the commit their status file records.
+
 Offline demos may set ``allow_random_weights``: missing weights then become a seeded
 random initialisation with a loud warning, so train and test jobs still share one network.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 if TYPE_CHECKING:  # torch is imported where a network is built: the DAG lists weights without it
     from torch import nn
@@ -48,6 +56,7 @@ class PretrainedWeights:
     name: str  # e.g. "resnet50.a1_in1k" or "stable-diffusion-v1-5/stable-diffusion-v1-5"
     subfolder: str = ""  # diffusers component folder, e.g. "vae" or "unet"
     allow_random_weights: bool = field(default=False, compare=False)  # offline demo only
+    revision: str | None = None  # hub commit asked for (config pretrained_revisions); None: the lock's, else the latest
 
     def __post_init__(self) -> None:
         if self.source not in ("timm", "diffusers"):
@@ -62,7 +71,7 @@ class PretrainedWeights:
         return f"{self.source} '{self.name}'" + (f" ({self.subfolder})" if self.subfolder else "")
 
 
-def download(weights: PretrainedWeights, weights_dir: Path) -> dict[str, Any]:
+def download(weights: PretrainedWeights, weights_dir: Path, lock_path: Path | None = None) -> dict[str, Any]:
     """Download ``weights`` into ``weights_dir``: what the fetch_weights status file records.
 
     Returns ``fetched`` (whether they are there afterwards), the hub ``commit`` they came from
@@ -70,22 +79,17 @@ def download(weights: PretrainedWeights, weights_dir: Path) -> dict[str, Any]:
     configs and text files are fetched: a pickled weight file could run code when loaded, so
     none is ever downloaded or loaded. Failure is an error unless ``allow_random_weights``
     (then ``fetched: false``: jobs fall back to random weights and say so).
+
+    ``lock_path`` (the config's ``weights_lock``): where the same request (network and
+    ``revision``) was fetched before, that commit is downloaded and every file must have the
+    SHA-256 recorded there (a mismatch is downloaded once more, then raises
+    :class:`WeightsError` naming the file, even with ``allow_random_weights``); otherwise what
+    was fetched is recorded there. A changed ``revision`` is a new request.
     """
+    pin = _pin(weights, lock_path)
     try:
         _check_hub_reachable()
-        from huggingface_hub import hf_hub_download, snapshot_download
-
-        if weights.source == "timm":
-            files = [Path(hf_hub_download(_timm_hub_repo(weights.name), TIMM_WEIGHT_FILES[0],
-                                          cache_dir=str(weights_dir)))]
-            snapshot = files[0].parent
-        else:
-            prefix = f"{weights.subfolder}/" if weights.subfolder else ""
-            snapshot = Path(snapshot_download(weights.name, allow_patterns=[prefix + p for p in HUB_FILE_PATTERNS],
-                                              cache_dir=str(weights_dir)))
-            files = sorted(f for f in (snapshot / weights.subfolder).rglob("*") if f.is_file())
-        return {"fetched": True, "commit": snapshot.name if snapshot.parent.name == "snapshots" else "",
-                "sha256": {str(f.relative_to(snapshot)): _sha256(f) for f in files}}
+        fetched = _fetch(weights, weights_dir, pin.get("revision", weights.revision))
     except Exception as error:  # network errors come as many types (OSError, HTTP, hub)
         if not weights.allow_random_weights:
             raise WeightsError(
@@ -95,6 +99,104 @@ def download(weights: PretrainedWeights, weights_dir: Path) -> dict[str, Any]:
             ) from error
         log.warning("could not fetch %s (%s); jobs will use random weights", weights.describe(), _reason(error))
         return {"fetched": False, "commit": "", "sha256": {}, "reason": _reason(error)}
+    if "sha256" not in pin:
+        _record(weights, fetched, lock_path)
+    elif _mismatches(fetched, pin):  # a corrupt cached file: download it once more
+        log.warning("%s differs from %s; downloading it again", weights.describe(), lock_path)
+        fetched = _fetch(weights, weights_dir, pin["revision"], force=True)
+        if problems := _mismatches(fetched, pin):
+            raise WeightsError(
+                f"{weights.describe()} at commit {pin['revision']} is not what {lock_path} pins: "
+                f"{'; '.join(problems)}. A corrupt download or a changed repository: delete "
+                f"{weights_dir} (or that network's models--* folder in it) and re-run "
+                "`snakemake --cores 1 --forcerun fetch_weights`; to take the new files on purpose, remove "
+                f"the entry {weights.key()} from {lock_path} (or set pretrained_revisions.{weights.name} "
+                "to another commit) and re-run.")
+    return fetched
+
+
+def _fetch(weights: PretrainedWeights, weights_dir: Path, revision: str | None, force: bool = False) -> dict[str, Any]:
+    """Download one revision (``None``: the latest): fetched, commit, SHA-256 of every file."""
+    from huggingface_hub import hf_hub_download, snapshot_download
+
+    if weights.source == "timm":
+        files = [Path(hf_hub_download(_timm_hub_repo(weights.name), TIMM_WEIGHT_FILES[0], revision=revision,
+                                      cache_dir=str(weights_dir), force_download=force))]
+        snapshot = files[0].parent
+    else:
+        prefix = f"{weights.subfolder}/" if weights.subfolder else ""
+        snapshot = Path(snapshot_download(weights.name, allow_patterns=[prefix + p for p in HUB_FILE_PATTERNS],
+                                          revision=revision, cache_dir=str(weights_dir), force_download=force))
+        files = sorted(f for f in (snapshot / weights.subfolder).rglob("*") if f.is_file())
+    return {"fetched": True, "commit": snapshot.name if snapshot.parent.name == "snapshots" else (revision or ""),
+            "sha256": {f.relative_to(snapshot).as_posix(): _sha256(f) for f in files}}
+
+
+# ----------------------------------------------------------------------------- the lock file
+LOCK_HEADER = ("# Pretrained weights as first fetched (anodiff.weights): the hub commit and the SHA-256 of\n"
+               "# every file per network. fetch_weights pins later fetches of the same request to them and\n"
+               "# verifies every file; commit this file with the config. Written by the workflow.\n")
+
+
+def _read_lock(lock_path: Path | None) -> dict[str, Any]:
+    import yaml
+
+    if lock_path is None or not Path(lock_path).is_file():
+        return {}
+    return yaml.safe_load(Path(lock_path).read_text()) or {}
+
+
+def _pin(weights: PretrainedWeights, lock_path: Path | None) -> dict[str, Any]:
+    """What the lock holds for this request: ``revision`` and ``sha256`` (this network fetched
+    before), ``revision`` only (another component of the same repository was: one commit for
+    all), or nothing."""
+    lock = _read_lock(lock_path)
+    entry = lock.get(weights.key())
+    if entry and entry.get("requested") == weights.revision:
+        return {"revision": entry["revision"], "sha256": entry["sha256"]}
+    for other in lock.values():
+        if (other.get("source"), other.get("name"), other.get("requested")) == (
+                weights.source, weights.name, weights.revision):
+            return {"revision": other["revision"]}
+    return {}
+
+
+def _mismatches(fetched: Mapping[str, Any], pin: Mapping[str, Any]) -> list[str]:
+    got, expected = fetched["sha256"], pin["sha256"]
+    return ([f"{name} has SHA-256 {got.get(name, '(missing)')}, pinned {digest}"
+             for name, digest in sorted(expected.items()) if got.get(name) != digest]
+            + [f"{name} is not in the lock" for name in sorted(got.keys() - expected.keys())])
+
+
+def _record(weights: PretrainedWeights, fetched: Mapping[str, Any], lock_path: Path | None) -> None:
+    """Write this request's commit and hashes to the lock (parallel fetch jobs take turns)."""
+    import fcntl
+
+    import yaml
+
+    from anodiff.utils import atomic_write_text
+
+    if lock_path is None:
+        return
+    lock_path = Path(lock_path)
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path.with_name(lock_path.name + ".flock"), "w") as turn:
+        fcntl.flock(turn, fcntl.LOCK_EX)
+        lock = _read_lock(lock_path)
+        lock[weights.key()] = {"source": weights.source, "name": weights.name, "subfolder": weights.subfolder,
+                               "requested": weights.revision, "revision": fetched["commit"],
+                               "sha256": dict(sorted(fetched["sha256"].items()))}
+        atomic_write_text(LOCK_HEADER + yaml.safe_dump(dict(sorted(lock.items())), sort_keys=False), lock_path)
+    log.info("pinned %s to commit %s in %s", weights.describe(), fetched["commit"], lock_path)
+
+
+def fetched_revision(weights: PretrainedWeights, weights_dir: Path) -> str | None:
+    """The commit the network's fetch_weights status file records (``None``: not fetched)."""
+    status = Path(weights_dir) / f"{weights.key()}.status.json"
+    try:
+        return json.loads(status.read_text()).get("commit") or None
+    except (OSError, ValueError):
+        return None
 
 
 def _timm_hub_repo(model_name: str) -> str:
@@ -175,6 +277,7 @@ def load_diffusers(
 
     def pretrained_model() -> nn.Module:
         return model_class.from_pretrained(weights.name, subfolder=weights.subfolder or None,
+                                           revision=fetched_revision(weights, weights_dir),
                                            cache_dir=str(weights_dir), local_files_only=True)
 
     def random_model() -> nn.Module:
@@ -184,7 +287,8 @@ def load_diffusers(
 
 
 def timm_weights_file(model_name: str, weights_dir: Path) -> Path | None:
-    """The hub weight file of a timm model inside ``weights_dir``, if it was fetched."""
+    """The hub weight file of a timm model inside ``weights_dir`` (of the commit its status file
+    records, else the latest fetched), if it was fetched."""
     from huggingface_hub import try_to_load_from_cache
     from timm.models import get_pretrained_cfg
 
@@ -192,7 +296,8 @@ def timm_weights_file(model_name: str, weights_dir: Path) -> Path | None:
     if cfg is None or not cfg.hf_hub_id:
         return None
     for filename in TIMM_WEIGHT_FILES:
-        found = try_to_load_from_cache(cfg.hf_hub_id, filename, cache_dir=str(weights_dir))
+        revision = fetched_revision(PretrainedWeights("timm", model_name), weights_dir)
+        found = try_to_load_from_cache(cfg.hf_hub_id, filename, cache_dir=str(weights_dir), revision=revision)
         if isinstance(found, str):
             return Path(found)
     return None
