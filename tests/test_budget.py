@@ -29,7 +29,7 @@ def fake_record(plan, params=100_000_000, flops=1e12, activations=2 * GIB, chann
     archs = {architecture_key(r, plan.feature_specs[r.feature_key]): {
         "params": params, "trainable_params": params, "param_bytes": 4 * params,
         "train_flops_per_image": flops, "predict_flops_per_call": flops / 3,
-        "activation_bytes_per_image": activations, "nfe_scaled": True} for r in plan.runs.values()}
+        "activation_bytes_per_image": activations, "nfe_scaled": True} for r in plan.runs.values() if not r.selects}
     features = {k: {"channels": channels, "flops_per_image": 1e10, "params": 10_000_000} for k in plan.feature_specs}
     return {"architectures": archs, "features": features}
 
@@ -65,8 +65,10 @@ def test_train_estimate_follows_the_formulas_and_grows_with_the_data():
     e = budget.Estimator(small, fake_record(small)).train(run, "weave")
     epochs, batch = run.config["training"]["epochs"], run.config["training"]["batch_size"]
     assert e.flops == epochs * 48 * 1e12
-    feature_bytes = 256 * run.config["backbone"]["feature_size"] ** 2 * 4
-    assert e.mem_bytes == 4 * GIB + 2 * 48 * feature_bytes + 3 * 4e8
+    assert e.mem_bytes == 4 * GIB + 3 * 4e8  # features stream from the memory-mapped cache: no N * F
+    pixels = small.run("synthetic", "diad", "demo")  # pixel methods read their images as float32
+    size = small.feature_specs[pixels.feature_key]["image_size"]
+    assert budget.Estimator(small, fake_record(small)).held_bytes(pixels.feature_key, 48) == 2 * 48 * 3 * size**2 * 2
     assert e.gpu_bytes == 1.5 * GIB + 4e8 + 3 * 4e8 + 1.25 * batch * 2 * GIB
     small_request = budget.Estimator(small, fake_record(small)).job("train", {**_w(run), "group": "weave"})
     large_request = budget.Estimator(large, fake_record(large)).job("train", {**_w(run), "group": "weave"})
@@ -86,10 +88,11 @@ def test_unified_training_sees_every_category():
 def test_the_budget_counts_the_jobs_the_workflow_schedules():
     plan = demo_plan()
     rows = {r["kind"]: r for r in budget.budget_rows(budget.Estimator(plan, fake_record(plan)))}
-    trains = sum(len(r.groups) for r in plan.runs.values() if r.trains)
-    infers = sum(len(r.categories) for r in plan.runs.values())
-    caches = len({(r.dataset, r.feature_key, c, s) for r in plan.runs.values() for c in r.categories
-                  for s in ("train", "test")})
+    computed = [r for r in plan.runs.values() if not r.selects]  # select_on_test runs compute nothing
+    trains = sum(len(r.groups) for r in computed if r.trains)
+    infers = sum(len(r.categories) for r in computed)
+    caches = len({(plan.images[r.dataset], r.feature_key, c, s) for r in plan.runs.values() if not r.selects
+                  for c in r.categories for s in ("train", "test")})
     assert rows["train"]["jobs"] == trains and rows["infer"]["jobs"] == infers
     assert rows["cache_features"]["jobs"] == caches
     assert rows["total"]["jobs"] == sum(r["jobs"] for k, r in rows.items() if k != "total")

@@ -186,7 +186,7 @@ def test_job_inputs_read_the_owners_weights_and_only_what_each_job_needs():
     infer = inputs.infer(nll)
     assert infer["model"] == "results/synthetic/inversion/a/models/weave.pt"
     assert infer["link"] == infer["run_info"] == "results/synthetic/inversion/nll/models/weave.link.json"
-    assert infer["cache"].endswith("/weave/test.pt")
+    assert infer["cache"].endswith("/weave/test.safetensors")
     link = inputs.link(nll)
     assert link["owner_run"] == "results/synthetic/inversion/a/models/weave.run.json"
     assert [Path(c).parent.name for c in link["caches"]] == ["weave"] and "tracking" in link

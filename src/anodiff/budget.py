@@ -8,15 +8,17 @@ training step and of one prediction call, and the bytes autograd saves per image
 record (check skipped) a job gets the profile's values.
 
 The formulas (``N``: the job's images; ``F``: bytes of one image's cached features,
-``C * s * s * 4`` for backbone features, ``3 * H * W * 4`` for pixels; ``P``: parameter bytes,
+``C * s * s * 2`` for backbone features, ``3 * H * W * 2`` for pixels (float16 caches); ``L``:
+bytes a job holds of its data set, ``2 * N * F`` (float32) for pixel methods, which read their
+images into RAM, 0 for backbone features (memory-mapped, streamed by batch); ``P``: parameter bytes,
 ``P_t``: trainable parameter bytes; ``A``: activation bytes saved per image; ``B``: batch size;
 ``E``: epochs; ``nfe``: denoiser calls per image; ``X``: sustained GPU throughput)::
 
     train    FLOPs = E * N * train_flops_per_image
-             RAM   = 4 GiB + 2 * N * F + 3 * P          (today's cache concatenation peaks at 2x)
+             RAM   = 4 GiB + L + 3 * P
              GPU   = 1.5 GiB + P + 3 * P_t + 1.25 * B * A   (weights, grads + 2 Adam moments, activations)
     infer    FLOPs = N * max(nfe, 1) * predict_flops_per_call
-             RAM   = 4 GiB + 2 * N * F + 2 * N * R * R * 4   (maps at the evaluation resolution R)
+             RAM   = 4 GiB + L + 2 * N * R * R * 4   (maps at the evaluation resolution R)
              GPU   = 1.5 GiB + P + 0.25 * B_inf * A
     cache    FLOPs = N * backbone_flops_per_image
              RAM   = 4 GiB + 2 * N * F ;  GPU = 1.5 GiB + 4 * backbone params + 2 GiB
@@ -175,9 +177,13 @@ class Estimator:
     def feature_bytes(self, spec_key: str) -> float:
         spec = self.plan.feature_specs[spec_key]
         if spec["kind"] == "pixels":
-            return 3 * spec["image_size"] ** 2 * 4
+            return 3 * spec["image_size"] ** 2 * 2
         channels = self.features.get(spec_key, {}).get("channels", 1024)
-        return channels * spec["feature_size"] ** 2 * 4
+        return channels * spec["feature_size"] ** 2 * 2  # float16 caches (anodiff.features)
+
+    def held_bytes(self, spec_key: str, n: int) -> float:
+        """RAM a job holds of ``n`` images' cache: pixel methods read them as float32, features stream."""
+        return 2 * n * self.feature_bytes(spec_key) if self.plan.feature_specs[spec_key]["kind"] == "pixels" else 0.0
 
     def arch(self, run: Run) -> dict[str, Any] | None:
         return self.archs.get(self._keys[(run.dataset, run.method, run.variant)])
@@ -185,16 +191,15 @@ class Estimator:
     # --- jobs
     def train(self, run: Run, group: str) -> Estimate:
         n = self.images(run.dataset, run.categories_of(group), "train")
-        f = self.feature_bytes(run.feature_key)
         arch = self.arch(run)
         if arch is None:
-            return Estimate("train", mem_bytes=4 * GIB + 2 * n * f, known=False)
+            return Estimate("train", mem_bytes=4 * GIB + self.held_bytes(run.feature_key, n), known=False)
         epochs = _get(run.config, "training", "epochs", default=1) or 1
         batch = _get(run.config, "training", "batch_size", default=16) or 16
         p, pt = arch["param_bytes"], 4 * arch["trainable_params"]
         return Estimate(
             "train", flops=epochs * n * arch["train_flops_per_image"],
-            mem_bytes=4 * GIB + 2 * n * f + 3 * p,
+            mem_bytes=4 * GIB + self.held_bytes(run.feature_key, n) + 3 * p,
             gpu_bytes=1.5 * GIB + p + 3 * pt + 1.25 * batch * arch["activation_bytes_per_image"],
             disk_bytes=p + 2 * pt)
 
@@ -204,12 +209,13 @@ class Estimator:
         maps = n * self.resolution**2 * 4
         arch = self.arch(run)
         if arch is None:
-            return Estimate("infer", mem_bytes=4 * GIB + 2 * n * f + 2 * maps, disk_bytes=maps, known=False)
+            return Estimate("infer", mem_bytes=4 * GIB + self.held_bytes(run.feature_key, n) + 2 * maps,
+                            disk_bytes=maps, known=False)
         batch = _get(run.config, "inference", "batch_size", default=32) or 32
         calls = max(run.nfe, 1) if arch.get("nfe_scaled") else 1
         return Estimate(
             "infer", flops=n * calls * arch["predict_flops_per_call"],
-            mem_bytes=4 * GIB + 2 * n * f + 2 * maps,
+            mem_bytes=4 * GIB + self.held_bytes(run.feature_key, n) + 2 * maps,
             gpu_bytes=1.5 * GIB + arch["param_bytes"] + 0.25 * batch * arch["activation_bytes_per_image"],
             disk_bytes=maps)
 
@@ -223,7 +229,7 @@ class Estimator:
 
     def pretrain(self, run: Run, group: str) -> Estimate:
         n = self.images(run.dataset, run.categories_of(group), "train")
-        return Estimate("pretrain", mem_bytes=4 * GIB + 2 * n * self.feature_bytes(run.feature_key), known=False)
+        return Estimate("pretrain", mem_bytes=4 * GIB + self.held_bytes(run.feature_key, n), known=False)
 
     def link_model(self, run: Run, group: str) -> Estimate:
         """A calibrating detector scores its training set once (as ``infer`` would)."""
@@ -262,7 +268,8 @@ class Estimator:
 
     def estimate(self, kind: str, w: Mapping[str, str]) -> Estimate:
         if kind == "cache_features":
-            return self.cache_features(w["dataset"], w["spec_key"], w["category"], w["split"])
+            dataset = self.plan.cache_datasets[w["images"]][w["category"]]
+            return self.cache_features(dataset, w["spec_key"], w["category"], w["split"])
         run = self.plan.run(w["dataset"], w["method"], w["variant"])
         if kind == "train":
             return self.train(run, w["group"])
@@ -281,10 +288,10 @@ class Estimator:
         """(kind, estimate) of every GPU job of the plan, as the workflow schedules them."""
         plan = self.plan
         computed = [r for r in plan.runs.values() if not r.selects]  # select_on_test runs compute nothing
-        caches = sorted({(r.dataset, r.feature_key, c, s) for r in computed
+        caches = sorted({(plan.images[r.dataset], r.feature_key, c, s) for r in computed  # shared by source images
                          for c in r.categories for s in ("train", "test")})
-        for dataset, spec_key, category, split in caches:
-            yield "cache_features", self.cache_features(dataset, spec_key, category, split)
+        for images, spec_key, category, split in caches:
+            yield "cache_features", self.cache_features(plan.cache_datasets[images][category], spec_key, category, split)
         for run in computed:
             for group in run.groups:
                 if run.pretrain_owner == run.variant:

@@ -26,9 +26,10 @@ def report_of(dataset: str) -> str:
     return paths.fill(paths.VALIDATION_REPORT, dataset=dataset)
 
 
-def caches(run: Run, categories: Iterable[str], split: str) -> list[str]:
-    return [paths.fill(paths.FEATURE_CACHE, dataset=run.dataset, spec_key=run.feature_key, category=c, split=split)
-            for c in categories]
+def caches(plan: Plan, run: Run, categories: Iterable[str], split: str) -> list[str]:
+    """A run's feature caches, keyed by its dataset's source images (``Plan.images``)."""
+    return [paths.fill(paths.FEATURE_CACHE, images=plan.images[run.dataset], spec_key=run.feature_key, category=c,
+                       split=split) for c in categories]
 
 
 def metrics_of(runs: Iterable[Run]) -> list[str]:
@@ -65,12 +66,14 @@ class JobInputs:
         return [paths.fill(paths.WEIGHTS_STATUS, weights_dir=self.weights_dir, weights_key=k) for k in keys]
 
     def cache(self, w: Any) -> Inputs:
-        return {"report": report_of(w.dataset), "weights": self.weights_status(self.plan.feature_weights[w.spec_key])}
+        """The report of a configured dataset holding the source images, and the backbone."""
+        return {"report": report_of(self.plan.cache_datasets[w.images][w.category]),
+                "weights": self.weights_status(self.plan.feature_weights[w.spec_key])}
 
     def group(self, w: Any) -> Inputs:
         """What fitting a group needs: its categories' training caches and the pretrained networks."""
         run = self.run_of(w)
-        return {"caches": caches(run, run.categories_of(w.group), "train"), "weights": self.weights_status(run.weights)}
+        return {"caches": caches(self.plan, run, run.categories_of(w.group), "train"), "weights": self.weights_status(run.weights)}
 
     def train(self, w: Any) -> Inputs:
         run = self.run_of(w)
@@ -92,7 +95,7 @@ class JobInputs:
     def infer(self, w: Any) -> Inputs:
         """The model (which already waited for the pretrained networks) and the test cache."""
         run = self.run_of(w)
-        return {**model_inputs(run, w.category), "cache": caches(run, [w.category], "test")[0]}
+        return {**model_inputs(run, w.category), "cache": caches(self.plan, run, [w.category], "test")[0]}
 
     def fps(self, w: Any) -> Inputs:
         """The model of the run's first category, its test images (the report) and networks."""

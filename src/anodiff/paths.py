@@ -18,7 +18,9 @@ RUN_DIR = "results/{dataset}/{method}/{variant}"
 # data and pretrained networks
 VALIDATION_REPORT = "results/datasets/{dataset}/validation.json"
 WEIGHTS_STATUS = "{weights_dir}/{weights_key}.status.json"
-FEATURE_CACHE = "results/features/{dataset}/{spec_key}/{category}/{split}.pt"
+# keyed by the source images (anodiff.plan.images_key), not the configured dataset: datasets
+# sharing a raw_dir (the Real-IAD Variety subsets) share one cache per category
+FEATURE_CACHE = "results/features/{images}/{spec_key}/{category}/{split}.safetensors"
 
 # models: a variant that trains writes MODEL; a variant that scores another variant's
 # weights, or whose detector calibrates on the training set, writes LINK (a small JSON

@@ -19,6 +19,7 @@ ENV = "../../envs/anodiff.yaml"
 
 wildcard_constraints:
     dataset="[^/]+",
+    images="[^/]+",
     method="[^/]+",
     variant="[^/]+",
     category="[^/]+",

@@ -26,9 +26,9 @@ rule cache_features:
     resources:  # anodiff.budget
         **estimated_resources("cache_features"),
     log:
-        paths.log("cache_features", "{dataset}/{spec_key}/{category}_{split}"),
+        paths.log("cache_features", "{images}/{spec_key}/{category}_{split}"),
     benchmark:
-        paths.benchmark("cache_features", "{dataset}/{spec_key}/{category}_{split}")
+        paths.benchmark("cache_features", "{images}/{spec_key}/{category}_{split}")
     conda:
         ENV
     script:

@@ -20,7 +20,9 @@ import torch
 class FeatureSet:
     """Cached backbone features of one split of one or more categories."""
 
-    features: torch.Tensor  # (N, C, h, w) float32; the images (N, 3, H, W) for kind pixels
+    # (N, C, h, w) float32; the images (N, 3, H, W) for kind pixels. Read from the cache: an
+    # anodiff.features.FeatureRows (memory-mapped; indexing rows or slices gives float32 tensors)
+    features: torch.Tensor
     labels: np.ndarray  # (N,) int, 1 = anomalous
     image_paths: list[str]  # source image of each row
     categories: list[str]  # category of each row (unified training mixes categories)
