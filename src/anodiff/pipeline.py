@@ -33,6 +33,7 @@ from anodiff.methods.base import Prediction, TrainCallbacks
 from anodiff.methods.spec import FeatureSpec
 from anodiff.evaluation import EvaluationProtocol, evaluate_predictions
 from anodiff.metrics import METRIC_NAMES
+from anodiff import precision
 from anodiff.progress import line_based
 from anodiff.tracking import Tracker, TrackingConfig, git_commit, read_run_id, write_run_info
 from anodiff.utils import atomic_path, atomic_torch_save, atomic_write_text, resolve_device, seed_everything
@@ -148,14 +149,14 @@ def fetch_weights(*, weights: Mapping[str, Any], env: JobEnvironment, status_pat
 def cache_features(*, spec: Mapping[str, Any], report: str | Path, category: str, split: str,
                    output: str | Path, env: JobEnvironment, batch_size: int = 16) -> None:
     """Run the frozen backbone once over one split of one category and store the features."""
-    from anodiff.features import FeatureExtractor, extract_features, save_feature_set
+    from anodiff.features import CACHE_DTYPE, FeatureExtractor, extract_features, save_feature_set
 
     feature_spec = FeatureSpec(**{**spec, "layers": tuple(spec["layers"])})
     root = dataset_root(report)
     dataset = mvtec.MVTecDataset(root, category, split, feature_spec.image_size)
     extractor = FeatureExtractor(feature_spec, env.weights_dir)
-    features = extract_features(extractor, dataset, resolve_device(env.device), batch_size)
-    _check_finite(features.features.numpy(), f"features of {root}/{category}/{split}")
+    features = extract_features(extractor, dataset, resolve_device(env.device), batch_size, dtype=CACHE_DTYPE)
+    _check_finite(features.features.numpy(), f"features of {root}/{category}/{split} (float16: |x| > 65504 is inf)")
     save_feature_set(features, Path(output), extractor.pretrained_loaded)
 
 
@@ -183,7 +184,8 @@ def pretrain(*, method: str, config: Mapping[str, Any], train_caches: Sequence[s
     tracker.log_params(run_id, {**to_flat_dict(config), "method": method, "seed": seed})
     callbacks = TrainCallbacks(log_metrics=lambda metrics, step: tracker.log_metrics(run_id, metrics, step),
                                checkpoint_path=str(checkpoint),
-                               checkpoint_identity=checkpoint_identity("pretrain", digest(dict(config)), train_caches, seed))
+                               checkpoint_identity=checkpoint_identity("pretrain", digest(dict(config)), train_caches, seed),
+                               precision=precision.of_config(config))
     try:
         state = entry.pretrain(view, train_set, resolve_device(env.device), env.weights_dir, callbacks)
     except BaseException:
@@ -311,7 +313,8 @@ def infer(*, method: str, config: Mapping[str, Any], training_hash: str, model_p
     detector = load_detector(method=method, config=config, training_hash=training_hash, model_path=model_path,
                              link_path=link_path, env=env)
     test_set = load_feature_sets([Path(test_cache)])
-    prediction: Prediction = detector.predict(test_set)
+    with precision.autocast(precision.of_config(config), resolve_device(env.device)):
+        prediction: Prediction = detector.predict(test_set)
     _check_finite(prediction.image_score, f"image scores of {model_path} on {test_cache}")
     _check_finite(prediction.anomaly_map, f"anomaly maps of {model_path} on {test_cache}")
     expected = (len(test_set), test_set.image_size, test_set.image_size)
@@ -377,7 +380,7 @@ def evaluate(*, predictions: str | Path, report: str | Path, category: str, outp
                                read_run_id(Path(run_info)))
     row = {**run, **provenance, "protocol": "paper" if paper_protocol else "honest",
            **({"paper_protocol": paper_protocol} if paper_protocol else {}),
-           "category": category, "n_test_images": len(samples),
+           "category": category, "precision": precision.of_config(config), "n_test_images": len(samples),
            "n_anomalous": int(saved["labels"].sum()), **metrics,
            "device": _device_name(),
            "map_size": int(saved["anomaly_map"].shape[-1]), "eval_resolution": protocol.resolution,

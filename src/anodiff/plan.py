@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from anodiff.config import ConfigError, deep_merge, from_dict, load_yaml
+from anodiff.config import ConfigError, deep_merge, digest, from_dict, load_yaml
 from anodiff.paths import CONFIG_SCHEMA
 from anodiff.methods import REGISTRY, get_method
 from anodiff.papers import load_paper_specs
@@ -129,6 +129,9 @@ class Plan:
     figures: dict[str, dict[str, Any]]
     speed_tables: frozenset[str] = field(default_factory=frozenset)  # tables printing fps/latency
     config: dict[str, Any] = field(default_factory=dict)  # the validated config, schema defaults filled in
+    images: dict[str, str] = field(default_factory=dict)  # dataset -> images_key (what its caches are keyed by)
+    # images_key -> {category: the configured dataset whose index its cache job reads}
+    cache_datasets: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def run(self, dataset: str, method: str, variant: str) -> Run:
         try:
@@ -145,6 +148,28 @@ class Plan:
 
     def figure_runs(self, figure_id: str) -> list[Run]:
         return [self.run(r["dataset"], r["method"], r["variant"]) for r in self.figures[figure_id]["runs"]]
+
+
+def images_key(dataset: str, dataset_config: Mapping[str, Any]) -> str:
+    """What a dataset's feature caches are keyed by: its source images, not its configured name.
+
+    Datasets that read one unpacked copy (``raw_dir``; the Real-IAD Variety subsets S1, S2, S3
+    and full, each with its own root and index) share each category's cache:
+    ``<source>-<digest of raw_dir and resolution>``. Any other dataset: its own name.
+    """
+    if not dataset_config.get("raw_dir"):
+        return dataset
+    raw = Path(dataset_config["raw_dir"]).as_posix().rstrip("/")
+    return f"{dataset_config['source']}-{digest({'raw_dir': raw, 'resolution': dataset_config.get('resolution')}, 8)}"
+
+
+def _cache_datasets(datasets: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, str]]:
+    """For each images key and category, the first configured dataset with that category."""
+    found: dict[str, dict[str, str]] = defaultdict(dict)
+    for name, dataset_config in datasets.items():
+        for category in dataset_config.get("categories", ()):
+            found[images_key(name, dataset_config)].setdefault(category, name)
+    return dict(found)
 
 
 def plain(data: Any) -> Any:
@@ -233,7 +258,9 @@ def build_plan(config: Mapping[str, Any], repo: Path) -> Plan:
     speed = frozenset(t for t in tables if SPEED_METRICS & {r["metric"] for r in read_rows(*t.split("/"))})
     return Plan(runs=by_key, datasets=datasets, feature_specs=feature_specs, feature_weights=feature_weights,
                 weights=weights,
-                tables=tables, figures=figures, speed_tables=speed, config=config)
+                tables=tables, figures=figures, speed_tables=speed, config=config,
+                images={name: images_key(name, d) for name, d in datasets.items()},
+                cache_datasets=_cache_datasets(datasets))
 
 
 # ----------------------------------------------------------------------------- helpers

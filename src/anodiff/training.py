@@ -20,6 +20,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from anodiff.methods.base import TrainCallbacks
+from anodiff.precision import autocast
 from anodiff.utils import atomic_torch_save
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,9 @@ def train_epochs(
     checkpoint never holds a partial sum). ``ema`` (if given: a module with the
     same parameters as ``model``, e.g. its initial ``copy.deepcopy``) is updated after every
     optimiser step by :func:`update_ema` with ``ema_decay``; it is saved in the checkpoint and
-    restored on resume.
+    restored on resume. ``callbacks.precision`` (bf16, fp16): the forward pass and loss run
+    under autocast (anodiff.precision); fp16 scales the loss with a ``GradScaler`` (its state
+    is checkpointed too).
     """
     if len(data) == 0:
         raise ValueError("no training samples: check the dataset's train/good folder")
@@ -71,11 +74,14 @@ def train_epochs(
         raise ValueError(f"accumulate must be >= 1, got {accumulate}")
     device = next(model.parameters()).device
     generator = torch.Generator(device="cpu").manual_seed(seed)
+    scaler = torch.amp.GradScaler(device.type, enabled=callbacks.precision == "fp16")
     state = TrainState(epoch=0, losses=[])
     checkpoint = Path(callbacks.checkpoint_path) if callbacks.checkpoint_path else None
     saved = _matching_checkpoint(checkpoint, callbacks.checkpoint_identity, device) if checkpoint else None
     if saved is not None:
         state = _restore(checkpoint, saved, model, optimizer, lr_scheduler, generator, ema)
+        if scaler.is_enabled() and saved.get("scaler"):
+            scaler.load_state_dict(saved["scaler"])
         log.info("resuming from %s after epoch %d", checkpoint, state.epoch)
 
     progress = tqdm(
@@ -92,7 +98,8 @@ def train_epochs(
         total, count = 0.0, 0
         for index, start in enumerate(range(0, len(data), batch_size)):
             batch = data[order[start : start + batch_size]].to(device)
-            loss = loss_fn(batch, generator)
+            with autocast(callbacks.precision, device):
+                loss = loss_fn(batch, generator).float()
             if not torch.isfinite(loss):
                 raise FloatingPointError(
                     f"training loss became {loss.item()} at epoch {epoch + 1}: lower the learning "
@@ -100,14 +107,16 @@ def train_epochs(
                 )
             if index % accumulate == 0:  # the first minibatch of an accumulation group
                 optimizer.zero_grad(set_to_none=True)
-            (loss / accumulate if accumulate > 1 else loss).backward()
+            scaler.scale(loss / accumulate if accumulate > 1 else loss).backward()
             total += loss.item() * len(batch)
             count += len(batch)
             if (index + 1) % accumulate and start + batch_size < len(data):
                 continue  # accumulating: the optimiser steps after the group's last minibatch
             if grad_clip:
+                scaler.unscale_(optimizer)  # no-op unless fp16
                 nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-            optimizer.step()
+            scaler.step(optimizer)  # optimizer.step(), skipped by fp16 scaling after an overflow
+            scaler.update()
             if lr_scheduler is not None:
                 lr_scheduler.step()
             if ema is not None:
@@ -119,7 +128,8 @@ def train_epochs(
         if checkpoint is not None and (
             state.epoch % callbacks.checkpoint_every == 0 or state.epoch == epochs
         ):
-            _save(checkpoint, model, optimizer, lr_scheduler, generator, state, ema, callbacks.checkpoint_identity)
+            _save(checkpoint, model, optimizer, lr_scheduler, generator, state, ema, callbacks.checkpoint_identity,
+                  scaler)
     model.eval()
     if ema is not None:
         ema.eval()
@@ -139,7 +149,7 @@ def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
         ema_buffer.copy_(buffer)
 
 
-def _save(path, model, optimizer, lr_scheduler, generator, state: TrainState, ema, identity) -> None:
+def _save(path, model, optimizer, lr_scheduler, generator, state: TrainState, ema, identity, scaler=None) -> None:
     atomic_torch_save(
         {
             "identity": dict(identity),
@@ -150,6 +160,7 @@ def _save(path, model, optimizer, lr_scheduler, generator, state: TrainState, em
             "generator": generator.get_state(),
             "epoch": state.epoch,
             "losses": state.losses,
+            "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
         },
         path,
     )

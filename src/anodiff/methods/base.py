@@ -60,6 +60,7 @@ class TrainCallbacks:
     checkpoint_path: str | None = None  # where resumable training state is kept
     checkpoint_every: int = 10  # epochs between checkpoints
     show_progress: bool = True
+    precision: str = "fp32"  # fp32 | bf16 | fp16: autocast of each step's forward pass (anodiff.precision)
     # what a checkpoint belongs to (training hash, feature caches, seed, package version): one
     # written for anything else, or unreadable, is moved aside and training starts fresh
     checkpoint_identity: dict[str, str] = field(default_factory=dict)

@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 from anodiff.methods.d3ad.dic import timestep_for_bin
 from anodiff.methods.spec import DiffusionConfig, UNetConfig
+from anodiff.precision import Precision
 from anodiff.weights import PretrainedWeights
 
 
@@ -234,6 +235,7 @@ class D3ADConfig:
     conditioning: ConditioningConfig
     reconstruction: ReconstructionConfig
     anomaly_map: AnomalyMapConfig
+    precision: Precision  # fp32 | bf16 | fp16 of training and inference (anodiff.precision)
 
     def __post_init__(self) -> None:
         steps, T = self.reconstruction.num_ddim_steps, self.diffusion.num_train_timesteps

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from anodiff.methods.spec import DiffusionConfig
+from anodiff.precision import Precision
 from anodiff.weights import PretrainedWeights
 
 # "diad": SD + Semantic-Guided network (the method); "sd": SD alone with the empty-prompt
@@ -246,6 +247,7 @@ class DiADConfig:
     training: TrainingConfig
     inference: InferenceConfig
     anomaly_map: AnomalyMapConfig
+    precision: Precision  # fp32 | bf16 | fp16 of training and inference (anodiff.precision)
 
     @property
     def latent(self) -> bool:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from anodiff.methods.spec import BackboneConfig, DiffusionConfig
+from anodiff.precision import Precision
 
 Architecture = Literal["dit", "uvit", "unet", "none"]
 Score = Literal["reconstruction", "local_prototypes", "global_prototypes"]
@@ -206,6 +207,7 @@ class DPDiffConfig:
     diffusion: DiffusionConfig
     training: TrainingConfig
     inference: InferenceConfig
+    precision: Precision  # fp32 | bf16 | fp16 of training and inference (anodiff.precision)
 
     def __post_init__(self) -> None:
         architecture, score = self.denoiser.architecture, self.inference.score

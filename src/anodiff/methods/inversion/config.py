@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from anodiff.methods.spec import BackboneConfig, DiffusionConfig, UNetConfig
+from anodiff.precision import Precision
 
 Score = Literal["combined", "nll", "spatial_norm", "reconstruction"]
 # whose minimum and maximum Normalize (Algorithm 1) uses: the training images' scores (honest) or
@@ -116,6 +117,7 @@ class InversionConfig:
     diffusion: DiffusionConfig
     training: TrainingConfig
     inference: InferenceConfig
+    precision: Precision  # fp32 | bf16 | fp16 of training and inference (anodiff.precision)
 
     def __post_init__(self) -> None:
         T = self.diffusion.num_train_timesteps

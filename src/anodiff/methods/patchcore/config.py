@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from anodiff.methods.spec import BackboneConfig
+from anodiff.precision import Precision
 
 ImageScore = Literal["reweighted", "max"]
 
@@ -34,6 +35,7 @@ class PatchCoreConfig:
     batch_size: int  # images embedded per step (fit and predict)
     query_chunk_size: int  # test patches per nearest-neighbour distance block
     bank_chunk_size: int  # memory-bank rows per nearest-neighbour distance block
+    precision: Precision  # fp32 | bf16 | fp16 of training and inference (anodiff.precision)
 
     @property
     def channels(self) -> int:
