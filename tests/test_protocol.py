@@ -9,6 +9,7 @@ Real computations on tiny models and synthetic scores; nothing here is a hard-co
 from __future__ import annotations
 
 import copy
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -214,7 +215,7 @@ def test_a_test_reading_override_needs_protocol_paper_and_marks_the_run():
     # per run, the selection reads every category's candidate metrics
     inputs = JobInputs(plan, "resources/weights")
     w = type("W", (), {"dataset": "synthetic", "method": "diad", "variant": "demo-paper", "category": "weave"})
-    assert len(inputs.selection(w)) == len(flip.categories)
+    assert len(inputs.selection(w)) == len(flip.categories) * len(flip.selects)
 
 
 def test_paper_tables_and_gap_figures_read_the_paper_protocol_runs():
@@ -260,3 +261,73 @@ def test_a_paper_table_shows_reported_ours_and_ours_with_the_paper_protocol(tmp_
     heights = sorted(round(p.get_height(), 6) for p in fig.axes[0].patches)
     assert heights == sorted(round(v, 6) for v in (mean.reported, mean.paper_protocol, mean.reproduced))
     assert (tmp_path / "gap.png").stat().st_size > 0
+
+
+# ----------------------------------------------------------------------------- checkpoints chosen on test
+def test_training_keeps_snapshots_and_the_paper_protocol_keeps_the_best_on_test(tmp_path, tracking):
+    """InversionAD / DiAD's official loops keep the checkpoint with the best TEST AUROC: training
+    keeps the scoring weights at the asked epochs, each is scored on test, the best is kept."""
+    from anodiff.methods.base import TrainCallbacks
+    from anodiff.methods.inversion.method import InversionDetector
+    from anodiff.pipeline import scored_state, snapshot_path
+    from anodiff.utils import atomic_torch_save
+    from test_inversion import tiny_config
+
+    snapshots = {}
+    config = tiny_config({"training": {"epochs": 3}})
+    detector = InversionDetector(config, torch.device("cpu"))
+    train = feature_set(random_features(n=16, seed=0))
+    detector.fit(train, TrainCallbacks(show_progress=False, snapshot_epochs=(1, 2, 3),
+                                       save_snapshot=lambda epoch, state: snapshots.__setitem__(epoch, state)))
+    assert sorted(snapshots) == [1, 2, 3]
+    final = detector.state_dict()
+    for key, value in final["unet"].items():  # the last snapshot is the final scoring (EMA) weights
+        torch.testing.assert_close(snapshots[3][key], value)
+    model = tmp_path / "model.pt"
+    atomic_torch_save({"training_hash": "h", "state": final, "snapshot_epochs": [1, 2]}, model)
+    for epoch in (1, 2):
+        atomic_torch_save({"training_hash": "h", "epoch": epoch, "state": snapshots[epoch]}, snapshot_path(model, epoch))
+    # a labelled test set: typical features and shifted ones
+    labels = np.repeat([0, 1], 8)
+    test = random_features(n=16, seed=9) + torch.from_numpy(labels)[:, None, None, None] * 0.8
+    files, aurocs, scores = [], {}, {}
+    for epoch in (1, 2, 0):  # 0: the final weights
+        plain_config = dataclasses.asdict(config)
+        plain_config["inference"] = {**plain_config["inference"], "checkpoint_epoch": epoch, "normalization": "test"}
+        scorer = InversionDetector(tiny_config({"training": {"epochs": 3},
+                                                "inference": {"checkpoint_epoch": epoch, "normalization": "test"}}),
+                                   torch.device("cpu"))
+        scorer.load_state_dict(scored_state("inversion", plain_config, torch.load(model, weights_only=True), model))
+        scores[epoch] = scorer.predict(feature_set(test, labels=labels)).image_score
+        variant = f"ep{epoch}" if epoch else "final"
+        aurocs[variant] = roc_auc_score(labels, scores[epoch])
+        path = tmp_path / f"{variant}.parquet"
+        rows = metric_rows(variant, {"toy": (labels, scores[epoch])})
+        rows.to_parquet(path)
+        files.append(path)
+    assert not np.allclose(scores[1], scores[0])  # the snapshots are other weights than the final ones
+    out = tmp_path / "selected.parquet"
+    select_on_test(candidate_files=files, select_by="image_auroc", output=out, per="run",
+                   run={"dataset": "d", "method": "inversion", "variant": "paper-protocol", "category": "toy"},
+                   env=tracking)
+    chosen = pd.read_parquet(out).iloc[0]
+    assert chosen.selected_variant == max(aurocs, key=aurocs.get)  # the best on test among those saved
+    assert chosen.image_auroc == pytest.approx(max(aurocs.values())) and chosen.protocol == "paper"
+    with pytest.raises(FileNotFoundError, match="no snapshot after epoch 3"):
+        scored_state("inversion", {**plain_config, "inference": {**plain_config["inference"], "checkpoint_epoch": 3}},
+                     torch.load(model, weights_only=True), model)
+
+
+def test_checkpoint_variants_share_one_training_which_keeps_their_snapshots():
+    config = demo_config()
+    demo = config["methods"]["inversion"]["demo"]
+    for epoch in (100, 150):
+        config["methods"]["inversion"][f"ep{epoch}"] = {**demo, "overrides": deep_merge(
+            demo["overrides"], {"inference": {"checkpoint_epoch": epoch}})}
+    plan = build_plan(config, REPO)
+    owner = plan.run("synthetic", "inversion", "demo")
+    assert owner.snapshot_epochs == (100, 150) and owner.checkpoint_epoch == 0 and owner.protocol == "honest"
+    for epoch in (100, 150):
+        run = plan.run("synthetic", "inversion", f"ep{epoch}")
+        assert run.owner == "demo" and run.checkpoint_epoch == epoch and not run.snapshot_epochs
+    assert plan.run("synthetic", "patchcore", "demo").snapshot_epochs == ()

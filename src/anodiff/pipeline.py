@@ -199,14 +199,16 @@ def pretrain(*, method: str, config: Mapping[str, Any], train_caches: Sequence[s
 def train(*, method: str, config: Mapping[str, Any], train_caches: Sequence[str | Path], model_path: str | Path,
           run_info_path: str | Path, run: Mapping[str, str], env: JobEnvironment,
           pretrained_path: str | Path | None = None, seed: int = 0,
-          weights_status: Sequence[str | Path] = ()) -> None:
+          weights_status: Sequence[str | Path] = (), snapshot_epochs: Sequence[int] = ()) -> None:
     """Fit one model on the cached training features; log the run to MLflow.
 
     ``config``: the training slice of the run's config (without the method's inference
     keys; the detector cannot read those while it fits). ``run``: dataset, variant, group and
     setting, for MLflow. ``pretrained_path``: the output of the method's pretrain stage, if it
     has one. Resumable: the training loop checkpoints next to ``model_path`` and continues
-    from the checkpoint when the job is re-run after being killed.
+    from the checkpoint when the job is re-run after being killed. ``snapshot_epochs``: the
+    scoring weights after these epochs are kept beside the model (:func:`snapshot_path`) for
+    the variants that score a checkpoint (a paper protocol chooses one on test).
     """
     from anodiff.features import load_feature_sets
 
@@ -234,7 +236,11 @@ def train(*, method: str, config: Mapping[str, Any], train_caches: Sequence[str 
     checkpoint = Path(str(model_path) + ".ckpt")
     callbacks = TrainCallbacks(log_metrics=lambda metrics, step: tracker.log_metrics(run_id, metrics, step),
                                checkpoint_path=str(checkpoint),
-                               checkpoint_identity=checkpoint_identity("train", training_hash, train_caches, seed))
+                               checkpoint_identity=checkpoint_identity("train", training_hash, train_caches, seed),
+                               snapshot_epochs=tuple(snapshot_epochs),
+                               save_snapshot=lambda epoch, state: atomic_torch_save(
+                                   {"training_hash": training_hash, "epoch": epoch, "state": state},
+                                   snapshot_path(model_path, epoch)))
     started = time.perf_counter()
     try:
         detector.fit(train_set, callbacks)
@@ -243,10 +249,32 @@ def train(*, method: str, config: Mapping[str, Any], train_caches: Sequence[str 
         raise
     tracker.log_metrics(run_id, {"train_seconds": time.perf_counter() - started})
     atomic_torch_save({"method": method, "training_hash": training_hash, "state": detector.state_dict(),
-                       "run_id": run_id}, model_path)
+                       "run_id": run_id, "snapshot_epochs": sorted(snapshot_epochs)}, model_path)
     write_run_info(Path(run_info_path), run_id, env.tracking)
     tracker.end_run(run_id)
     checkpoint.unlink(missing_ok=True)  # the final model supersedes it
+
+
+def snapshot_path(model_path: str | Path, epoch: int) -> Path:
+    """Where training keeps the scoring weights after ``epoch`` (beside the model it ends with)."""
+    return Path(f"{model_path}.epoch{epoch}.pt")
+
+
+def scored_state(method: str, config: Mapping[str, Any], saved: Mapping[str, Any], model_path: str | Path) -> dict:
+    """The detector state a run scores: the final one, or with the training snapshot of its
+    ``checkpoint_epoch`` in place of the trained weights (``MethodEntry.snapshot_key``)."""
+    entry = get_method(method)
+    epoch = entry.checkpoint_epoch(resolved_config(method, config))
+    if not epoch:
+        return saved["state"]
+    path = snapshot_path(model_path, epoch)
+    if epoch not in saved.get("snapshot_epochs", []) or not path.is_file():
+        raise FileNotFoundError(f"{path}: no snapshot after epoch {epoch} beside {model_path} (kept: "
+                                f"{saved.get('snapshot_epochs', [])}); re-run the workflow so that its train job runs again")
+    snapshot = load_torch(path, "training snapshot")
+    if snapshot["training_hash"] != saved["training_hash"]:
+        raise ValueError(f"{path} belongs to another training ({snapshot['training_hash']}); re-run the workflow")
+    return {**saved["state"], entry.snapshot_key: snapshot["state"]}
 
 
 def load_model(model_path: str | Path, training_hash: str) -> dict[str, Any]:
@@ -276,7 +304,7 @@ def link_model(*, method: str, config: Mapping[str, Any], training_hash: str, mo
     calibration = None
     if entry.calibrates:
         detector = entry.build(resolved_config(method, config), resolve_device(env.device), env.weights_dir)
-        detector.load_state_dict(saved["state"])
+        detector.load_state_dict(scored_state(method, config, saved, model_path))
         calibration = detector.calibrate(load_feature_sets([Path(p) for p in train_caches]))
     tracker = Tracker(env.tracking)
     run_id = tracker.start_run(f"{run['dataset']}/{method}/{run['variant']}/{run['group']} · link",
@@ -298,7 +326,7 @@ def load_detector(*, method: str, config: Mapping[str, Any], training_hash: str,
                          f"{model_path} ({training_hash}); re-run the workflow")
     saved = load_model(model_path, training_hash)
     detector = entry.build(resolved_config(method, config), resolve_device(env.device), env.weights_dir)
-    detector.load_state_dict(saved["state"])
+    detector.load_state_dict(scored_state(method, config, saved, model_path))
     if link is not None and entry.calibrates:
         detector.load_calibration(link["calibration"])
     return detector

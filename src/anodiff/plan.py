@@ -66,6 +66,8 @@ class Run:
     select_per: str = "category"  # choose per category, or once per run by the categories' mean
     flip_auroc: bool = False  # a category's AUROC below 0.5 counts as 1 - AUROC (DiAD's official code)
     shortcuts: tuple[str, ...] = ()  # the paper-protocol shortcuts of its config that read the test set
+    checkpoint_epoch: int = 0  # the training snapshot it scores (0 = the final weights)
+    snapshot_epochs: tuple[int, ...] = ()  # a training run's snapshots kept for the variants sharing it
 
     @property
     def protocol(self) -> str:
@@ -216,6 +218,9 @@ def build_plan(config: Mapping[str, Any], repo: Path) -> Plan:
             if shortcuts and settings.get("protocol", "honest") != "paper":
                 raise PlanError(f"{where}.overrides read the TEST set before scoring ({'; '.join(shortcuts)}): "
                                 "a paper-protocol shortcut, allowed only in a variant with protocol: paper")
+            checkpoint = entry.checkpoint_epoch(resolved)
+            if checkpoint and not entry.snapshot_key:
+                raise PlanError(f"{where}: {method} keeps no training snapshots, so it cannot score checkpoint {checkpoint}")
             if settings.get("protocol") == "paper" and not shortcuts:
                 raise PlanError(f"{where}: protocol: paper, but no override is a paper-protocol shortcut of "
                                 f"{method} (a select_on_test variant chooses on test by itself)")
@@ -235,8 +240,9 @@ def build_plan(config: Mapping[str, Any], repo: Path) -> Plan:
                     feature_key=spec.key(), weights=tuple(w.key() for w in needed),
                     owner=variant, pretrain_owner=variant if entry.has_pretrain else None,
                     calibrates=entry.calibrates, nfe=entry.nfe(resolved), shortcuts=shortcuts,
+                    checkpoint_epoch=checkpoint,
                 ))
-    runs = _assign_owners(runs)
+    runs = _with_snapshots(_assign_owners(runs))
     by_key = {(r.dataset, r.method, r.variant): r for r in runs}
     _validate_tables(tables, by_key)
     for figure_id, figure in figures.items():
@@ -400,6 +406,18 @@ def _assign_owners(runs: list[Run]) -> list[Run]:
             pretrain_owner = pretrain_owners.setdefault((*where, run.pretrain_hash), run.variant)
         assigned.append(dataclasses.replace(run, owner=owner, pretrain_owner=pretrain_owner))
     return assigned
+
+
+def _with_snapshots(runs: list[Run]) -> list[Run]:
+    """Each training run keeps the snapshots the variants scoring its weights ask for
+    (``checkpoint_epoch``), so a paper protocol's checkpoints cost no second training."""
+    wanted: dict[tuple, set[int]] = defaultdict(set)
+    for run in runs:
+        if run.checkpoint_epoch:
+            wanted[(run.dataset, run.method, run.setting, run.owner)].add(run.checkpoint_epoch)
+    return [dataclasses.replace(run, snapshot_epochs=tuple(sorted(wanted[key])))
+            if run.trains and (key := (run.dataset, run.method, run.setting, run.variant)) in wanted else run
+            for run in runs]
 
 
 def _validate_tables(tables: dict[str, dict[str, Any]], runs: Mapping[tuple[str, str, str], Run]) -> None:

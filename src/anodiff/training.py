@@ -125,6 +125,9 @@ def train_epochs(
         state.epoch = epoch + 1
         progress.set_postfix(loss=f"{state.losses[-1]:.4f}")
         callbacks.log_metrics({"train_loss": state.losses[-1]}, state.epoch)
+        if state.epoch in callbacks.snapshot_epochs:  # the scoring weights of this epoch (a paper protocol's candidate)
+            callbacks.save_snapshot(state.epoch, {k: v.detach().cpu().clone() for k, v in
+                                                  (ema if ema is not None else model).state_dict().items()})
         if checkpoint is not None and (
             state.epoch % callbacks.checkpoint_every == 0 or state.epoch == epochs
         ):

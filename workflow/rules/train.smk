@@ -32,6 +32,7 @@ rule train:
         config=param("training_config"),
         setting=param("setting"),
         seed=config["seed"],
+        snapshot_epochs=param("snapshot_epochs"),  # kept for variants that score a checkpoint
     resources:  # anodiff.budget
         **estimated_resources("train"),
     log:

@@ -14,4 +14,5 @@ train(
     pretrained_path=snakemake.input.get("pretrained"),
     seed=snakemake.params.seed,
     weights_status=list(snakemake.input.weights),
+    snapshot_epochs=list(snakemake.params.snapshot_epochs),
 )

@@ -64,6 +64,10 @@ class TrainCallbacks:
     # what a checkpoint belongs to (training hash, feature caches, seed, package version): one
     # written for anything else, or unreadable, is moved aside and training starts fresh
     checkpoint_identity: dict[str, str] = field(default_factory=dict)
+    # epochs after which the loop hands save_snapshot(epoch, state_dict of the scoring weights: the EMA
+    # if any, else the model) to the pipeline (only for variants that score a snapshot)
+    snapshot_epochs: tuple[int, ...] = ()
+    save_snapshot: Callable[[int, dict[str, Any]], None] = lambda epoch, state: None
 
 
 class AnomalyDetector(Protocol):

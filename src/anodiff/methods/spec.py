@@ -209,6 +209,10 @@ class MethodEntry:
     # the settings of a config that read the TEST set before scoring (paper-protocol shortcuts, e.g.
     # test-set normalisation), one description each; a variant using any says protocol: paper
     reads_test_set: Callable[[Any], tuple[str, ...]] = lambda config: ()
+    # training-loop snapshots (paper protocol: a checkpoint chosen on test): the epoch whose snapshot a
+    # config scores (0 = the final weights), and the state_dict entry a snapshot replaces ("" = none)
+    checkpoint_epoch: Callable[[Any], int] = lambda config: 0
+    snapshot_key: str = ""
     implementation: str  # module with build(...) and, with pretrain_keys, pretrain(...)
 
     def __post_init__(self) -> None:

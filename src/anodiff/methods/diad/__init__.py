@@ -58,6 +58,8 @@ ENTRY = MethodEntry(
     inference_keys=("inference", "anomaly_map"),  # Table 6 map backbones, Fig. 6 forward timesteps
     # what pretrain() reads: not the variant, so every variant shares one fine-tune per dataset
     pretrain_keys=("image_size", "pretrained", "autoencoder_finetune"),
+    checkpoint_epoch=lambda config: config.inference.checkpoint_epoch,  # paper protocol: best TEST AUROC
+    snapshot_key="trainable",  # a snapshot holds the trained parts (SG network, SD decoder)
     implementation="anodiff.methods.diad.method",
 )
 

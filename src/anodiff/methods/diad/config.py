@@ -177,8 +177,11 @@ class InferenceConfig:
     test_latent: TestLatent  # the test image's latent E(x0): posterior sample (official) or mean
     batch_size: int  # test images per reconstruction batch (no effect on results)
     seed: int  # the forward-process noise (and latent samples) of the test images
+    checkpoint_epoch: int  # the weights scored: 0 = the final ones, N = the snapshot after epoch N
 
     def __post_init__(self) -> None:
+        if self.checkpoint_epoch < 0:
+            raise ValueError(f"inference.checkpoint_epoch must be >= 0 (0 = final weights), got {self.checkpoint_epoch}")
         if self.forward_timesteps < 1 or self.ddim_steps < 1 or self.batch_size < 1:
             raise ValueError(
                 "inference.forward_timesteps, ddim_steps and batch_size must be >= 1, got "

@@ -34,8 +34,10 @@ ENTRY = MethodEntry(
     feature_spec=feature_spec,
     nfe=nfe,
     inference_keys=("inference",),  # Tables 3-4: inversion steps and scores
-    calibrates=True,
-    reads_test_set=reads_test_set,  # the combined score's Normalize uses the training score range (Algorithm 1)
+    calibrates=True,  # the combined score's Normalize uses the training score range (Algorithm 1)
+    reads_test_set=reads_test_set,  # paper protocol: Normalize over the test set (official src/evaluate.py)
+    checkpoint_epoch=lambda config: config.inference.checkpoint_epoch,  # paper protocol: best TEST checkpoint
+    snapshot_key="unet",  # a snapshot holds the EMA weights, the scoring UNet
     implementation="anodiff.methods.inversion.method",
 )
 

@@ -71,6 +71,7 @@ class InferenceConfig:
     """DDIM inversion (Eq. 15) and the anomaly score (Sec. 4.4, Algorithm 1, Table 4)."""
 
     num_inversion_steps: int  # S: length of the evenly spaced sub-sequence tau_S
+    checkpoint_epoch: int  # the weights scored: 0 = the final ones, N = the snapshot after epoch N
     score: Score
     normalization: Normalization  # the range the combined score's Normalize uses
     batch_size: int  # test images per forward pass
@@ -87,6 +88,8 @@ class InferenceConfig:
             raise ValueError(
                 f"inference.num_inversion_steps (S) must be >= 1, got {self.num_inversion_steps}"
             )
+        if self.checkpoint_epoch < 0:
+            raise ValueError(f"inference.checkpoint_epoch must be >= 0 (0 = final weights), got {self.checkpoint_epoch}")
         if self.normalization not in ("training", "test"):
             raise ValueError(f"inference.normalization must be training or test, got {self.normalization!r}")
         if self.batch_size < 1 or self.reconstruction_steps < 1:
