@@ -331,3 +331,49 @@ def test_checkpoint_variants_share_one_training_which_keeps_their_snapshots():
         run = plan.run("synthetic", "inversion", f"ep{epoch}")
         assert run.owner == "demo" and run.checkpoint_epoch == epoch and not run.snapshot_epochs
     assert plan.run("synthetic", "patchcore", "demo").snapshot_epochs == ()
+
+
+def test_diad_paper_protocol_keeps_the_snapshot_with_the_best_mean_test_auroc_after_the_flip(tmp_path, tracking):
+    """DiAD's official protocol on a tiny unified model: snapshots of the trained parts, each scored
+    on every category's test set, AUROCs below 0.5 flipped, the best mean over categories kept."""
+    from anodiff.methods.base import TrainCallbacks
+    from anodiff.methods.diad import ENTRY as DIAD
+    from anodiff.pipeline import scored_state, snapshot_path
+    from anodiff.utils import atomic_torch_save
+    from test_diad import image_set as diad_images, tiny_config as diad_config
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        snapshots = {}
+        config = diad_config({"training": {"epochs": 2}})
+        detector = DIAD.build(config, torch.device("cpu"), tmp_path)
+        detector.fit(diad_images(4), TrainCallbacks(show_progress=False, snapshot_epochs=(1,),
+                                                    save_snapshot=lambda e, s: snapshots.__setitem__(e, s)))
+        model = tmp_path / "model.pt"
+        atomic_torch_save({"training_hash": "h", "state": detector.state_dict(), "snapshot_epochs": [1]}, model)
+        atomic_torch_save({"training_hash": "h", "epoch": 1, "state": snapshots[1]}, snapshot_path(model, 1))
+        labels = np.repeat([0, 1], 3)
+        tests = {"a": diad_images(6, seed=3, labels=labels), "b": diad_images(6, seed=4, labels=labels)}
+        files, means = [], {}
+        for epoch, variant in ((1, "ep1"), (0, "final")):
+            data = dataclasses.asdict(config)
+            data["inference"] = {**data["inference"], "checkpoint_epoch": epoch}
+            scorer = DIAD.build(diad_config({"training": {"epochs": 2}, "inference": {"checkpoint_epoch": epoch}}),
+                                torch.device("cpu"), tmp_path)
+            scorer.load_state_dict(scored_state("diad", data, torch.load(model, weights_only=True), model))
+            scores = {c: (labels, scorer.predict(t).image_score) for c, t in tests.items()}
+            aurocs = [roc_auc_score(*s) for s in scores.values()]
+            means[variant] = np.mean([max(a, 1 - a) for a in aurocs])
+            for category in scores:
+                path = tmp_path / f"{variant}-{category}.parquet"
+                metric_rows(variant, {category: scores[category]}).to_parquet(path)
+                files.append(path)
+    finally:
+        torch.set_num_threads(threads)
+    out = tmp_path / "selected.parquet"
+    select_on_test(candidate_files=files, select_by="image_auroc", output=out, per="run", flip_auroc=True,
+                   run={"dataset": "d", "method": "diad", "variant": "paper-protocol", "category": "a"}, env=tracking)
+    chosen = pd.read_parquet(out).iloc[0]
+    assert chosen.selected_variant == max(means, key=means.get) and chosen.protocol == "paper"
+    assert chosen.image_auroc >= 0.5  # flipped
