@@ -331,6 +331,9 @@ def test_checkpoint_variants_share_one_training_which_keeps_their_snapshots():
         run = plan.run("synthetic", "inversion", f"ep{epoch}")
         assert run.owner == "demo" and run.checkpoint_epoch == epoch and not run.snapshot_epochs
     assert plan.run("synthetic", "patchcore", "demo").snapshot_epochs == ()
+    config["methods"]["inversion"]["ep150"]["overrides"]["inference"]["checkpoint_epoch"] = 200  # = epochs
+    with pytest.raises(PlanError, match="not before the last of training.epochs = 200"):
+        build_plan(config, REPO)
 
 
 def test_diad_paper_protocol_keeps_the_snapshot_with_the_best_mean_test_auroc_after_the_flip(tmp_path, tracking):

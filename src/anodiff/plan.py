@@ -221,6 +221,9 @@ def build_plan(config: Mapping[str, Any], repo: Path) -> Plan:
             checkpoint = entry.checkpoint_epoch(resolved)
             if checkpoint and not entry.snapshot_key:
                 raise PlanError(f"{where}: {method} keeps no training snapshots, so it cannot score checkpoint {checkpoint}")
+            if checkpoint and checkpoint >= data.get("training", {}).get("epochs", checkpoint + 1):
+                raise PlanError(f"{where}.overrides: checkpoint_epoch {checkpoint} is not before the last of "
+                                f"training.epochs = {data['training']['epochs']} (0 scores the final weights)")
             if settings.get("protocol") == "paper" and not shortcuts:
                 raise PlanError(f"{where}: protocol: paper, but no override is a paper-protocol shortcut of "
                                 f"{method} (a select_on_test variant chooses on test by itself)")
