@@ -47,7 +47,8 @@ REPORTED_ONLY = "reported only"
 COLUMNS = ["paper", "table", "dataset", "category", "method", "setting", "metric", "reported",
            "reproduced", "difference", "paper_protocol", "status", "run", "paper_run", "device", "note"]
 RUN_KEYS = ("dataset", "method", "variant")  # one of our runs
-RUN_COLUMNS = ("setting", "device", "pretrained_weights", "random_weights", "protocol")  # the same for a run's categories
+RUN_COLUMNS = ("setting", "device", "pretrained_weights", "random_weights", "protocol",
+               "paper_protocol")  # the same for a run's categories
 _INDEX = ["dataset", "category", "method", "setting"]  # one printed row of the paper's layout
 
 
