@@ -179,7 +179,7 @@ def test_select_per_run_takes_the_candidate_with_the_best_test_mean_after_the_fl
     assert row.selected_variant == best and row.protocol == "paper" and row.variant == "paper-protocol"
     auroc = roc_auc_score(*candidates[best]["b"])
     assert row.image_auroc == pytest.approx(max(auroc, 1 - auroc))
-    assert "flipped" in row.selected_by
+    assert "flipped" in row.selected_by and row.paper_protocol.startswith("chosen on TEST: max mean test image_auroc")
     # per category, each category takes its own best candidate on test
     select_on_test(candidate_files=files, select_by="image_auroc", output=out, per="category", flip_auroc=False,
                    run={"dataset": "d", "method": "m", "variant": "best", "category": "b"}, env=tracking)

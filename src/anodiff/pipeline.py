@@ -477,8 +477,10 @@ def select_on_test(*, candidate_files: Sequence[str | Path], select_by: str, out
                                 "selected_by": how})
     tracker.log_metrics(run_id, {m: float(best[m]) for m in METRIC_NAMES})
     tracker.end_run(run_id)
+    shortcuts = best.get("paper_protocol") if isinstance(best.get("paper_protocol"), str) else ""
     row = {**best.to_dict(), "variant": run["variant"], "protocol": "paper", "selected_variant": best.variant,
-           "selected_by": how, "mlflow_run_id": run_id}
+           "selected_by": how, "paper_protocol": "; ".join(filter(None, [shortcuts, f"chosen on TEST: {how}"])),
+           "mlflow_run_id": run_id}
     with atomic_path(output) as tmp:
         pd.DataFrame([row]).to_parquet(tmp, index=False)
 
