@@ -31,6 +31,7 @@ from typing import Any
 from anodiff.inputs import JobInputs, report_of
 
 UNPREPARED = "unprepared"  # the digest of a dataset without a validation report yet
+UNREADABLE = "unreadable report"  # a truncated or foreign report: the jobs reading it fail naming it
 
 
 class DataDigests:
@@ -50,7 +51,10 @@ class DataDigests:
         if key not in self._memo or self._memo[key][0] != stamp:
             from anodiff.data.mvtec import split_manifest
 
-            root = Path(json.loads(Path(report).read_text())["root"])
+            try:
+                root = Path(json.loads(Path(report).read_text())["root"])
+            except (OSError, ValueError, KeyError, TypeError):  # the job reading it names the problem
+                return {"images": UNREADABLE, "masks": UNREADABLE}
             self._memo[key] = (stamp, split_manifest(root, category, split))
         return self._memo[key][1]
 
