@@ -237,6 +237,7 @@ def train(*, method: str, config: Mapping[str, Any], train_caches: Sequence[str 
     callbacks = TrainCallbacks(log_metrics=lambda metrics, step: tracker.log_metrics(run_id, metrics, step),
                                checkpoint_path=str(checkpoint),
                                checkpoint_identity=checkpoint_identity("train", training_hash, train_caches, seed),
+                               precision=precision.of_config(config),
                                snapshot_epochs=tuple(snapshot_epochs),
                                save_snapshot=lambda epoch, state: atomic_torch_save(
                                    {"training_hash": training_hash, "epoch": epoch, "state": state},
@@ -305,7 +306,8 @@ def link_model(*, method: str, config: Mapping[str, Any], training_hash: str, mo
     if entry.calibrates:
         detector = entry.build(resolved_config(method, config), resolve_device(env.device), env.weights_dir)
         detector.load_state_dict(scored_state(method, config, saved, model_path))
-        calibration = detector.calibrate(load_feature_sets([Path(p) for p in train_caches]))
+        with precision.autocast(precision.of_config(config), resolve_device(env.device)):
+            calibration = detector.calibrate(load_feature_sets([Path(p) for p in train_caches]))
     tracker = Tracker(env.tracking)
     run_id = tracker.start_run(f"{run['dataset']}/{method}/{run['variant']}/{run['group']} · link",
                                {**run, "method": method, "stage": "link", "training_hash": training_hash,
