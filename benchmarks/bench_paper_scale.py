@@ -226,7 +226,7 @@ def table(rows: list[Row], results: list[dict[str, Any]]) -> str:
              "train s | predict GFLOP/img | predict s | peak RSS GB | train | predict |",
              "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |"]
     for row, r in zip(rows, results):
-        params = r.get("params") or r.get("meta_params")
+        params = r.get("meta_params") or r.get("params")  # the networks (an EMA copy counts once)
         lines.append(
             f"| {row.method} | {row.variant} on {row.dataset} ({row.runs}) | {row.backbone} | {row.resolution} | "
             f"{row.classes} | {_fmt(params and params / 1e6, '.1f')} | "
