@@ -251,6 +251,7 @@ def test_a_paper_table_shows_reported_ours_and_ours_with_the_paper_protocol(tmp_
     assert mean.paper_protocol == pytest.approx(100 * paper.image_auroc.mean())
     assert mean.paper_run == "synthetic/inversion/demo-paper" and PAPER_COLUMN_NOTE in mean.note
     text = render(table, "markdown")
+    assert f"] {PAPER_COLUMN_NOTE}" in text  # one footnote, not split at "; "
     assert f"/ {100 * paper.image_auroc.mean():.1f}" in text and "paper's protocol" in text
     points = gap_points(table, ["image_auroc"])
     assert list(points[["reported", "paper_protocol", "honest"]].iloc[0]) == pytest.approx(

@@ -109,8 +109,8 @@ def _shared_value(values: pd.Series) -> Any:
 
 
 PAPER_PROTOCOL_NOTE = "PAPER protocol: chosen on the TEST set (optimistic, not an honest number)"
-PAPER_COLUMN_NOTE = ("third number: ours with the PAPER's protocol (its test-set shortcuts; optimistic): "
-                     "paper protocol - ours = selection bias, reported - paper protocol = the rest")
+PAPER_COLUMN_NOTE = ("third number: ours with the PAPER's protocol (its test-set shortcuts, optimistic): "
+                     "paper protocol - ours = selection bias, reported - paper protocol = the rest")  # no "; "
 
 
 def weights_note(random_weights: str) -> str:
