@@ -1,6 +1,7 @@
 """Paper-scale smoke test (issue 15): the two smallest paper architectures at paper size, on the CPU."""
 
 import importlib.util
+import sys
 from dataclasses import asdict
 from pathlib import Path
 
@@ -12,6 +13,7 @@ REPO = Path(__file__).resolve().parents[1]
 def _bench():
     spec = importlib.util.spec_from_file_location("bench_paper_scale", REPO / "benchmarks" / "bench_paper_scale.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
