@@ -103,3 +103,23 @@ INPUTS = InputFunctions(JOB_INPUTS)
 # the digest of the dataset files a job reads, as its param: changed data re-runs what it
 # affects (anodiff.data.digests; computed lazily, memoised per category and split)
 DATA = InputFunctions(DataDigests(JOB_INPUTS))
+
+
+# --- Snakemake 9.27 workaround: params recorded as they are when a job runs -----------------
+# Before a job runs, Snakemake resets its params (they may hold values computed at DAG build,
+# e.g. a data digest from before prepare_dataset wrote the dataset) but not the copy its
+# metadata records (`non_derived_params`). A local job reads its params and so refreshes both;
+# a job run by a cluster executor does not, and its metadata kept the DAG-build value, so the
+# next run saw "params have changed" and redid everything (tests/test_slurm.py). Reset both.
+from snakemake.jobs import Job as _Job
+
+if not getattr(_Job.reset_params_and_resources, "resets_recorded_params", False):
+    _reset_params = _Job.reset_params_and_resources
+
+    def _reset_params_and_recorded_params(self):
+        if not self._params_and_resources_resetted:
+            self._non_derived_params = None
+        _reset_params(self)
+
+    _reset_params_and_recorded_params.resets_recorded_params = True
+    _Job.reset_params_and_resources = _reset_params_and_recorded_params
