@@ -43,6 +43,18 @@ def checked_pixels(features: torch.Tensor, image_size: int, split: str, method: 
     return features.float()
 
 
+def class_indices(categories: list[str] | tuple[str, ...], classes: list[str] | tuple[str, ...],
+                  what: str) -> torch.Tensor:
+    """Each image's index (N,) in ``classes``, the categories a class-conditional model was
+    trained on; ``what`` names the images in the error (e.g. "InversionAD test")."""
+    index = {name: i for i, name in enumerate(classes)}
+    unknown = sorted(set(categories) - set(index))
+    if unknown:
+        raise ValueError(f"{what}: the model has no class for {unknown}; those categories were not in the "
+                         f"class-conditional model's training set {list(classes)}")
+    return torch.tensor([index[name] for name in categories], dtype=torch.long)
+
+
 @dataclass
 class Prediction:
     """What ``predict`` returns: one score and one map per image."""

@@ -30,7 +30,7 @@ from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel, UNet2D
 from torch import nn
 from tqdm.auto import tqdm
 
-from anodiff.methods.base import FeatureSet, Prediction, TrainCallbacks, checked_pixels
+from anodiff.methods.base import FeatureSet, Prediction, TrainCallbacks, checked_pixels, class_indices
 from anodiff.methods.diad.config import DiADConfig, inference_timesteps
 from anodiff.methods.diad.torch_model import (
     SFF_TARGET,
@@ -208,14 +208,7 @@ class DiADDetector:
 
     def _labels(self, categories: Sequence[str]) -> torch.Tensor | None:
         """Each image's class index (LDM baseline), None for the other variants."""
-        if self.classes is None:
-            return None
-        index = {name: i for i, name in enumerate(self.classes)}
-        unknown = sorted(set(categories) - set(index))
-        if unknown:
-            raise ValueError(f"the LDM baseline is conditioned on the training categories {self.classes}; "
-                             f"it has no class for {unknown}")
-        return torch.tensor([index[name] for name in categories])
+        return None if self.classes is None else class_indices(list(categories), self.classes, "LDM baseline")
 
     # ------------------------------------------------------------------------- training
     def fit(self, train: FeatureSet, callbacks: TrainCallbacks) -> None:

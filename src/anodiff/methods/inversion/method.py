@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from diffusers import DDPMScheduler, UNet2DModel
 from tqdm.auto import tqdm
 
-from anodiff.methods.base import FeatureSet, Prediction, TrainCallbacks
+from anodiff.methods.base import FeatureSet, Prediction, TrainCallbacks, class_indices
 from anodiff.methods.inversion.config import InversionConfig
 from anodiff.methods.inversion.inversion import (
     ddim_invert,
@@ -94,14 +94,7 @@ class InversionDetector:
 
     def _class_labels(self, categories: list[str], split: str) -> torch.Tensor | None:
         """Each row's class index (N,) for a class-conditional model, else None."""
-        if self.class_names is None:
-            return None
-        index = {name: i for i, name in enumerate(self.class_names)}
-        unknown = sorted(set(categories) - set(index))
-        if unknown:
-            raise ValueError(f"{split} categories {unknown} were not in the class-conditional model's "
-                             f"training set {self.class_names}")
-        return torch.tensor([index[name] for name in categories], dtype=torch.long)
+        return None if self.class_names is None else class_indices(categories, self.class_names, split)
 
     def _check_features(self, features: torch.Tensor, split: str) -> None:
         size = self.config.backbone.feature_size
