@@ -62,6 +62,7 @@ def test_two_methods_with_different_map_sizes_are_scored_on_the_same_masks(datas
                  env=env, evaluation={"resolution": 16, "mask_area_threshold": 0.5, "aupro_fpr_limit": 0.3})
         results[name] = pd.read_parquet(output).iloc[0]
     for row, size in ((results["at64"], 64), (results["at32"], 32)):
+        assert not row.pretrained_weights and row.random_weights == "a_backbone"  # as the run info records
         assert row.eval_resolution == 16 and row.map_size == size and "16 px" in row.evaluation
     # maps that are the masks themselves score perfectly on the evaluation grid, at either size
     assert results["at64"].pixel_auroc == pytest.approx(1.0) and results["at32"].pixel_auroc == pytest.approx(1.0)
@@ -75,5 +76,6 @@ def _run_info(tmp_path: Path, env: JobEnvironment) -> Path:
     path = tmp_path / "run.json"
     if not path.exists():
         tracker = Tracker(env.tracking)
-        write_run_info(path, tracker.start_run("parent", {}), env.tracking)
+        write_run_info(path, tracker.start_run("parent", {}), env.tracking, pretrained_weights=False,
+                       random_weights="a_backbone")
     return path

@@ -62,7 +62,7 @@ def test_select_on_test_takes_each_categorys_best_candidate_on_test_and_says_so(
         "tracking_uri": f"sqlite:///{tmp_path}/mlflow.db", "artifact_location": str(tmp_path / "artifacts")}})
     output = tmp_path / "best.parquet"
     select_on_test(candidate_files=files, select_by="image_auroc", output=output,
-                   run={"dataset": "d", "method": "inversion", "variant": "best-s", "category": "weave"}, env=env)
+                   run={"dataset": "d", "method": "inversion", "variant": "best-s"}, env=env)
     row = pd.read_parquet(output).iloc[0]
     assert (row.variant, row.selected_variant, row.protocol) == ("best-s", "s3", "paper")
     assert row.image_auroc == 0.9 and row.pixel_auroc == pytest.approx(0.1)  # the chosen candidate's row

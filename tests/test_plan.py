@@ -185,18 +185,22 @@ def test_job_inputs_read_the_owners_weights_and_only_what_each_job_needs():
     # scores the owner's weights through its own link; a calibrating detector re-reads the training caches
     infer = inputs.infer(nll)
     assert infer["model"] == "results/synthetic/inversion/a/models/weave.pt"
-    assert infer["link"] == infer["run_info"] == "results/synthetic/inversion/nll/models/weave.link.json"
+    assert infer["link"] == "results/synthetic/inversion/nll/models/weave.link.json"
+    assert set(infer) == {"model", "link", "cache"}  # the model file names its MLflow run
     assert infer["cache"].endswith("/weave/test.safetensors")
     link = inputs.link(nll)
     assert link["owner_run"] == "results/synthetic/inversion/a/models/weave.run.json"
-    assert [Path(c).parent.name for c in link["caches"]] == ["weave"] and "tracking" in link
+    assert [Path(c).parent.name for c in link["caches"]] == ["weave"]
+    assert "tracking" not in link  # its owner's train job made the store
     # a non-calibrating shared variant needs no training data to link
     k3 = W(dataset="synthetic", method="patchcore", variant="k3", category="chip", group="chip")
     assert "caches" not in inputs.link(k3) and inputs.link(k3)["model"].endswith("/patchcore/a/models/chip.pt")
     owner = W(dataset="synthetic", method="patchcore", variant="a", category="chip", group="chip")
     assert "link" not in inputs.infer(owner)
-    evaluate = inputs.evaluate(owner)  # records whether the networks were real
-    assert all(w.startswith("resources/weights/") and w.endswith(".status.json") for w in evaluate["weights"])
+    # the networks' provenance comes with the scored model's run info (its link's, or its training's)
+    assert inputs.evaluate(nll)["run_info"] == infer["link"]
+    evaluate = inputs.evaluate(owner)
+    assert evaluate["run_info"] == "results/synthetic/patchcore/a/models/chip.run.json" and "weights" not in evaluate
     assert "weights" not in inputs.infer(owner)  # the model's train and link jobs waited for them
     # the metric table reads every run's metrics of every category and every run's speed
     aggregate = inputs.aggregate(None)

@@ -174,17 +174,24 @@ def test_select_per_run_takes_the_candidate_with_the_best_test_mean_after_the_fl
     best = max(means, key=means.get)
     out = tmp_path / "selected.parquet"
     select_on_test(candidate_files=files, select_by="image_auroc", output=out, per="run", flip_auroc=True,
-                   run={"dataset": "d", "method": "m", "variant": "paper-protocol", "category": "b"}, env=tracking)
-    row = pd.read_parquet(out).iloc[0]
-    assert row.selected_variant == best and row.protocol == "paper" and row.variant == "paper-protocol"
-    auroc = roc_auc_score(*candidates[best]["b"])
-    assert row.image_auroc == pytest.approx(max(auroc, 1 - auroc))
-    assert "flipped" in row.selected_by and row.paper_protocol.startswith("chosen on TEST: max mean test image_auroc")
+                   run={"dataset": "d", "method": "m", "variant": "paper-protocol"}, env=tracking)
+    rows = pd.read_parquet(out).set_index("category")
+    assert sorted(rows.index) == sorted(candidates["ep25"])  # one row per category, one job per run
+    assert (rows.selected_variant == best).all() and (rows.protocol == "paper").all()
+    assert (rows.variant == "paper-protocol").all() and rows.mlflow_run_id.nunique() == 1
+    for category, scores in candidates[best].items():
+        auroc = roc_auc_score(*scores)
+        assert rows.image_auroc[category] == pytest.approx(max(auroc, 1 - auroc))
+    assert "flipped" in rows.selected_by["b"] and rows.paper_protocol["b"].startswith(
+        "chosen on TEST: max mean test image_auroc")
     # per category, each category takes its own best candidate on test
     select_on_test(candidate_files=files, select_by="image_auroc", output=out, per="category", flip_auroc=False,
-                   run={"dataset": "d", "method": "m", "variant": "best", "category": "b"}, env=tracking)
-    per_category = {v: roc_auc_score(*s["b"]) for v, s in candidates.items()}
-    assert pd.read_parquet(out).iloc[0].selected_variant == max(per_category, key=per_category.get)
+                   run={"dataset": "d", "method": "m", "variant": "best"}, env=tracking)
+    rows = pd.read_parquet(out).set_index("category")
+    for category in rows.index:
+        per_category = {v: roc_auc_score(*s[category]) for v, s in candidates.items()}
+        assert rows.selected_variant[category] == max(per_category, key=per_category.get)
+    assert rows.selected_variant.nunique() > 1  # the toy candidates differ by category
 
 
 # ----------------------------------------------------------------------------- plan, tables, figure
@@ -214,7 +221,7 @@ def test_a_test_reading_override_needs_protocol_paper_and_marks_the_run():
     assert "1 - AUROC" in flip.protocol_text
     # per run, the selection reads every category's candidate metrics
     inputs = JobInputs(plan, "resources/weights")
-    w = type("W", (), {"dataset": "synthetic", "method": "diad", "variant": "demo-paper", "category": "weave"})
+    w = type("W", (), {"dataset": "synthetic", "method": "diad", "variant": "demo-paper"})
     assert len(inputs.selection(w)) == len(flip.categories) * len(flip.selects)
 
 
@@ -309,7 +316,7 @@ def test_training_keeps_snapshots_and_the_paper_protocol_keeps_the_best_on_test(
     assert not np.allclose(scores[1], scores[0])  # the snapshots are other weights than the final ones
     out = tmp_path / "selected.parquet"
     select_on_test(candidate_files=files, select_by="image_auroc", output=out, per="run",
-                   run={"dataset": "d", "method": "inversion", "variant": "paper-protocol", "category": "toy"},
+                   run={"dataset": "d", "method": "inversion", "variant": "paper-protocol"},
                    env=tracking)
     chosen = pd.read_parquet(out).iloc[0]
     assert chosen.selected_variant == max(aurocs, key=aurocs.get)  # the best on test among those saved
@@ -377,7 +384,7 @@ def test_diad_paper_protocol_keeps_the_snapshot_with_the_best_mean_test_auroc_af
         torch.set_num_threads(threads)
     out = tmp_path / "selected.parquet"
     select_on_test(candidate_files=files, select_by="image_auroc", output=out, per="run", flip_auroc=True,
-                   run={"dataset": "d", "method": "diad", "variant": "paper-protocol", "category": "a"}, env=tracking)
-    chosen = pd.read_parquet(out).iloc[0]
+                   run={"dataset": "d", "method": "diad", "variant": "paper-protocol"}, env=tracking)
+    chosen = pd.read_parquet(out).set_index("category").loc["a"]
     assert chosen.selected_variant == max(means, key=means.get) and chosen.protocol == "paper"
     assert chosen.image_auroc >= 0.5  # flipped

@@ -33,9 +33,10 @@ def caches(plan: Plan, run: Run, categories: Iterable[str], split: str) -> list[
 
 
 def metrics_of(runs: Iterable[Run]) -> list[str]:
-    """Every category's metrics of ``runs``: evaluated, or selected on test (select_on_test)."""
-    return [at(paths.SELECTED_METRICS if run.selects else paths.METRICS, run, category=c)
-            for run in runs for c in run.categories]
+    """The metrics of ``runs``: each category's evaluation, or a select_on_test run's one file
+    (a row per category)."""
+    return [f for run in runs for f in ([at(paths.SELECTED_METRICS, run)] if run.selects else
+                                        [at(paths.METRICS, run, category=c) for c in run.categories])]
 
 
 def predictions_of(runs: Iterable[Run]) -> list[str]:
@@ -43,13 +44,19 @@ def predictions_of(runs: Iterable[Run]) -> list[str]:
 
 
 def model_inputs(run: Run, category: str) -> Inputs:
-    """The weights a run scores, its link (pointer + calibration) if any, and its MLflow run."""
+    """The weights a run scores and its link (pointer + calibration), if any."""
     group = run.group_of(category)
     inputs = {"model": at(paths.MODEL, run, run.owner, group=group)}
     if run.links:
         inputs["link"] = at(paths.LINK, run, group=group)
-    inputs["run_info"] = inputs.get("link") or at(paths.MODEL_RUN_INFO, run, run.owner, group=group)
     return inputs
+
+
+def run_info_of(run: Run, category: str) -> str:
+    """The MLflow run (and the networks' provenance) of the model a run scores: its link, or
+    its training's run info."""
+    group = run.group_of(category)
+    return at(paths.LINK, run, group=group) if run.links else at(paths.MODEL_RUN_INFO, run, run.owner, group=group)
 
 
 @dataclass(frozen=True)
@@ -85,9 +92,8 @@ class JobInputs:
     def link(self, w: Any) -> Inputs:
         """The owner's weights and train run; a calibrating detector also reads the training set."""
         run = self.run_of(w)
-        inputs = {"model": at(paths.MODEL, run, run.owner, group=w.group),
-                  "owner_run": at(paths.MODEL_RUN_INFO, run, run.owner, group=w.group),
-                  "tracking": paths.TRACKING_STAMP}
+        inputs = {"model": at(paths.MODEL, run, run.owner, group=w.group),  # (the store exists: train made it)
+                  "owner_run": at(paths.MODEL_RUN_INFO, run, run.owner, group=w.group)}
         if run.calibrates:
             return {**inputs, **self.group(w)}
         return {**inputs, "weights": self.weights_status(run.weights)}
@@ -104,31 +110,32 @@ class JobInputs:
                 "weights": self.weights_status(run.weights)}
 
     def evaluate(self, w: Any) -> Inputs:
+        """The predictions, the test set (the report) and the scored model's MLflow run, whose
+        info says whether its networks were real."""
         run = self.run_of(w)
         return {"predictions": at(paths.PREDICTIONS, run, category=w.category), "report": report_of(run.dataset),
-                "run_info": model_inputs(run, w.category)["run_info"], "weights": self.weights_status(run.weights)}
+                "run_info": run_info_of(run, w.category)}
 
     def selection(self, w: Any) -> list[str]:
-        """The candidates' metrics a paper-protocol run chooses among: this category's, or every
-        category's when it chooses once for the run (``select_per``)."""
+        """Every category's metrics of the candidates a paper-protocol run chooses among."""
         run = self.run_of(w)
-        categories = run.categories if run.select_per == "run" else [w.category]
-        return [at(paths.METRICS, run, variant, category=c) for variant in run.selects for c in categories]
+        return [at(paths.METRICS, run, variant, category=c) for variant in run.selects for c in run.categories]
 
     def run_figures(self, w: Any) -> Inputs:
+        """Its predictions (the map grid), its metrics (the chart; the rows say whether the
+        networks were real) and its test images (the report)."""
         run = self.run_of(w)
-        return {"predictions": predictions_of([run]), "report": report_of(w.dataset),
-                "weights": self.weights_status(run.weights)}
+        return {"predictions": predictions_of([run]), "metrics": metrics_of([run]), "report": report_of(w.dataset)}
 
     def aggregate(self, w: Any) -> Inputs:
         """The metric table: every run's metrics and speed."""
         runs = self.plan.runs.values()
-        return {"metrics": metrics_of(runs), "fps": [at(paths.FPS, r) for r in runs if not r.selects]}
+        return {"metrics": metrics_of(runs), "fps": [at(paths.FPS, r) for r in runs if self.plan.summarises(r)]}
 
     def table(self, w: Any) -> Inputs:
         table_id = f"{w.paper}/{w.table}"
         runs = self.plan.table_runs(table_id)
-        fps = [at(paths.FPS, r) for r in runs if not r.selects] if table_id in self.plan.speed_tables else []
+        fps = [at(paths.FPS, r) for r in runs if self.plan.summarises(r)] if table_id in self.plan.speed_tables else []
         return {"metrics": metrics_of(runs), "fps": fps}
 
     def figure(self, w: Any) -> Inputs:
@@ -141,7 +148,7 @@ class JobInputs:
         if figure["kind"] in ("sweep", "tradeoff"):
             inputs["metrics"] = metrics_of(runs)
         if figure["kind"] == "tradeoff":
-            inputs["fps"] = [at(paths.FPS, r) for r in runs if not r.selects]
+            inputs["fps"] = [at(paths.FPS, r) for r in runs if self.plan.summarises(r)]
         if figure["kind"] == "histogram":
             inputs["predictions"] = predictions_of(runs)
         if figure["kind"] == "qualitative":
@@ -152,7 +159,7 @@ class JobInputs:
 
     def all_outputs(self) -> list[str]:
         """What ``rule all`` asks for: the metric table, every run's figures, the paper tables and figures."""
-        figures = [at(paths.RUN_FIGURE, r, name=n) for r in self.plan.runs.values() if not r.selects
+        figures = [at(paths.RUN_FIGURE, r, name=n) for r in self.plan.runs.values() if self.plan.summarises(r)
                    for n in paths.RUN_FIGURE_NAMES]
         tables = [f for t in self.plan.tables
                   for f in paths.paper_files(paths.PAPER_TABLE, t, paths.PAPER_TABLE_EXTENSIONS)]

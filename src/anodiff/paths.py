@@ -33,7 +33,7 @@ LINK = RUN_DIR + "/models/{group}.link.json"
 # inference and metrics
 PREDICTIONS = RUN_DIR + "/predictions/{category}.npz"
 METRICS = RUN_DIR + "/metrics/{category}.parquet"
-SELECTED_METRICS = RUN_DIR + "/selected/{category}.parquet"  # a paper-protocol run chosen on test
+SELECTED_METRICS = RUN_DIR + "/selected.parquet"  # a paper-protocol run chosen on test: a row per category
 FPS = "results/fps/{dataset}/{method}/{variant}.parquet"
 METRIC_TABLE = "results/tables/metrics.parquet"
 METRIC_MARKDOWN = "results/tables/metrics.md"

@@ -83,9 +83,23 @@ def weights_provenance(status_files: Sequence[str | Path]) -> dict[str, Any]:
     return {"pretrained_weights": not random, "random_weights": ", ".join(random)}
 
 
+def recorded_provenance(run_info: str | Path) -> dict[str, Any]:
+    """:func:`weights_provenance` of the model a run scores, as its train or link job recorded it
+    in its run info (the file ``evaluate`` nests its MLflow run under)."""
+    info = read_json(run_info, "run info")
+    if "random_weights" not in info:
+        raise ValueError(f"{run_info} does not say whether the model's networks were real (written by an older "
+                         "anodiff); delete it and re-run the workflow")
+    return {"pretrained_weights": info["pretrained_weights"], "random_weights": info["random_weights"]}
+
+
 def weights_subtitle(status_files: Sequence[str | Path]) -> str:
     """A figure's provenance line: empty with real pretrained weights, loud without."""
-    random = weights_provenance(status_files)["random_weights"]
+    return random_weights_subtitle(weights_provenance(status_files)["random_weights"])
+
+
+def random_weights_subtitle(random: str) -> str:
+    """The provenance line of a figure whose runs used the stand-ins ``random`` ("": none)."""
     return f"RANDOM weights ({random}): offline stand-ins, not comparable with the papers" if random else ""
 
 
@@ -251,7 +265,7 @@ def train(*, method: str, config: Mapping[str, Any], train_caches: Sequence[str 
     tracker.log_metrics(run_id, {"train_seconds": time.perf_counter() - started})
     atomic_torch_save({"method": method, "training_hash": training_hash, "state": detector.state_dict(),
                        "run_id": run_id, "snapshot_epochs": sorted(snapshot_epochs)}, model_path)
-    write_run_info(Path(run_info_path), run_id, env.tracking)
+    write_run_info(Path(run_info_path), run_id, env.tracking, **weights_provenance(weights_status))
     tracker.end_run(run_id)
     checkpoint.unlink(missing_ok=True)  # the final model supersedes it
 
@@ -291,12 +305,13 @@ def load_model(model_path: str | Path, training_hash: str) -> dict[str, Any]:
 
 def link_model(*, method: str, config: Mapping[str, Any], training_hash: str, model_path: str | Path,
                owner_run_info: str | Path, output: str | Path, run: Mapping[str, str], env: JobEnvironment,
-               train_caches: Sequence[str | Path] = ()) -> None:
+               train_caches: Sequence[str | Path] = (), weights_status: Sequence[str | Path] = ()) -> None:
     """Point a run at the weights it scores (``model_path``, its owner's) instead of copying them.
 
     A calibrating detector (``MethodEntry.calibrates``, e.g. InversionAD's training score
     range) recomputes its inference-dependent statistics on ``train_caches`` here; the JSON
-    pointer holds them with the owner's path and training hash, checked when ``infer`` loads it.
+    pointer holds them with the owner's path and training hash, checked when ``infer`` loads it,
+    and whether the networks it scores with were real (``weights_status``), which ``evaluate`` reports.
     """
     from anodiff.features import load_feature_sets
 
@@ -314,7 +329,8 @@ def link_model(*, method: str, config: Mapping[str, Any], training_hash: str, mo
                                 "weights_from_run": read_run_id(Path(owner_run_info))})
     tracker.log_params(run_id, {**to_flat_dict(config), "method": method, "weights": str(model_path)})
     atomic_write_text(json.dumps({"model": str(model_path), "training_hash": training_hash,
-                                  "calibration": calibration, "run_id": run_id}, indent=2), output)
+                                  "calibration": calibration, "run_id": run_id,
+                                  **weights_provenance(weights_status)}, indent=2), output)
     tracker.end_run(run_id)
 
 
@@ -374,22 +390,20 @@ def _check_finite(values: np.ndarray, what: str) -> None:
 # ----------------------------------------------------------------------------- 4. metrics
 def evaluate(*, predictions: str | Path, report: str | Path, category: str, output: str | Path,
              run_info: str | Path, run: Mapping[str, str], env: JobEnvironment, evaluation: Mapping[str, Any],
-             weights_status: Sequence[str | Path] = (), config: Mapping[str, Any] | None = None,
-             paper_protocol: str = "") -> None:
+             config: Mapping[str, Any] | None = None, paper_protocol: str = "") -> None:
     """Compute every metric of one category under the evaluation protocol (``evaluation``: the
     config section, :mod:`anodiff.evaluation`); write a one-row parquet; log a nested run.
 
     ``run``: dataset, method, variant and setting (the row's keys and MLflow tags); the row
     also names its MLflow run (``mlflow_run_id``), which the paper-table jobs tag, and says
-    whether the run's pretrained networks were real (``weights_status``: their fetch_weights
-    status files; ``pretrained_weights``, ``random_weights``). ``config``: the run's resolved
+    whether the run's pretrained networks were real (``pretrained_weights``, ``random_weights``,
+    as ``run_info``, the scored model's train or link record, says). ``config``: the run's resolved
     config, logged with the run (params and a YAML artifact) beside the test set it read.
     ``paper_protocol``: what the run's paper-protocol shortcuts do (``Run.protocol_text``; its
     predictions read the test set before scoring); empty for an honest run. The row, the
     MLflow run and every table cell of it then say ``protocol = paper``.
     """
     config = config or {}
-    provenance = weights_provenance(weights_status)
     saved = load_npz(predictions)
     root = dataset_root(report)
     samples = mvtec.list_samples(root, category, "test")
@@ -402,6 +416,7 @@ def evaluate(*, predictions: str | Path, report: str | Path, category: str, outp
         metrics = evaluate_predictions(saved["labels"], saved["image_score"], saved["anomaly_map"], samples, protocol)
     except (ValueError, FloatingPointError) as error:
         raise type(error)(f"{predictions}: {error}") from error
+    provenance = recorded_provenance(run_info)
     tracker = Tracker(env.tracking)
     run_id = tracker.start_run(f"{run['dataset']}/{run['method']}/{run['variant']}/{category} · evaluate",
                                {**run, **_tags(provenance), "category": category, "stage": "evaluate",
@@ -447,16 +462,16 @@ def flipped_auroc(rows: pd.DataFrame) -> pd.DataFrame:
 
 def select_on_test(*, candidate_files: Sequence[str | Path], select_by: str, output: str | Path,
                    run: Mapping[str, str], env: JobEnvironment, per: str = "category",
-                   flip_auroc: bool = False) -> None:
-    """A paper-protocol run's row of one category (``run['category']``), chosen on the TEST set.
+                   flip_auroc: bool = False) -> pd.DataFrame:
+    """A paper-protocol run's rows, one per category, each chosen among candidates on the TEST set.
 
-    ``candidate_files``: metrics rows of the candidate variants (this category's, or every
-    category's for ``per = run``). ``per = category``: the candidate with the highest
-    ``select_by`` on this category, as papers choose a hyper-parameter per category
-    (InversionAD's "Ours*"); ``per = run``: the candidate with the highest mean over the
-    categories, one choice for all (a unified model's checkpoint). ``flip_auroc``: AUROCs below
-    0.5 are flipped first (:func:`flipped_auroc`, DiAD). Selection on test data inflates the
-    number; the row says ``protocol = paper`` and what it took.
+    ``candidate_files``: metrics rows of the candidate variants (every category of each).
+    ``per = category``: each category takes the candidate with its highest ``select_by``, as
+    papers choose a hyper-parameter per category (InversionAD's "Ours*"); ``per = run``: every
+    category takes the candidate with the highest mean over the categories, one choice for all
+    (a unified model's checkpoint). ``flip_auroc``: AUROCs below 0.5 are flipped first
+    (:func:`flipped_auroc`, DiAD). Selection on test data inflates the numbers; each row says
+    ``protocol = paper`` and what it took, and so does the run's MLflow run.
     """
     candidates = pd.concat([read_parquet(p, "metrics") for p in candidate_files], ignore_index=True)
     if select_by not in candidates:
@@ -464,27 +479,35 @@ def select_on_test(*, candidate_files: Sequence[str | Path], select_by: str, out
     if flip_auroc:
         candidates = flipped_auroc(candidates)
     variants = list(dict.fromkeys(candidates.variant))  # candidate order: ties go to the first
-    mine = candidates[candidates.category == run["category"]].set_index("variant").loc[variants].reset_index()
+    ranked = candidates.set_index(["variant", "category"])
+    categories = list(dict.fromkeys(candidates.category))
     if per == "run":
         means = candidates.groupby("variant", sort=False)[select_by].mean().loc[variants]
-        best = mine.loc[mine.variant == means.idxmax()].iloc[0]
+        chosen = {category: means.idxmax() for category in categories}
         how = f"max mean test {select_by} over categories of {', '.join(variants)}"
     else:
-        best = mine.loc[mine[select_by].idxmax()]
+        chosen = {category: ranked.xs(category, level="category").loc[variants, select_by].idxmax()
+                  for category in categories}
         how = f"max test {select_by} of {', '.join(variants)}" if len(variants) > 1 else f"{variants[0]}"
     how += "; AUROC < 0.5 flipped" if flip_auroc else ""
     tracker = Tracker(env.tracking)
-    run_id = tracker.start_run(f"{run['dataset']}/{run['method']}/{run['variant']}/{run['category']} · select",
-                               {**run, "stage": "select", "protocol": "paper", "selected_variant": best.variant,
-                                "selected_by": how})
-    tracker.log_metrics(run_id, {m: float(best[m]) for m in METRIC_NAMES})
+    run_id = tracker.start_run(f"{run['dataset']}/{run['method']}/{run['variant']} · select",
+                               {**run, "stage": "select", "protocol": "paper", "selected_by": how})
+    rows = []
+    for category, variant in chosen.items():
+        best = ranked.loc[(variant, category)]
+        shortcuts = best.get("paper_protocol") if isinstance(best.get("paper_protocol"), str) else ""
+        rows.append({**best.to_dict(), "variant": run["variant"], "category": category, "protocol": "paper",
+                     "selected_variant": variant, "selected_by": how,
+                     "paper_protocol": "; ".join(filter(None, [shortcuts, f"chosen on TEST: {how}"])),
+                     "mlflow_run_id": run_id})
+    selected = pd.DataFrame(rows)[list(dict.fromkeys([*candidates.columns, *rows[0]]))]  # the candidates' order
+    tracker.log_params(run_id, {f"selected_variant.{c}": v for c, v in chosen.items()})
+    tracker.log_metrics(run_id, {m: float(selected[m].mean()) for m in METRIC_NAMES})
     tracker.end_run(run_id)
-    shortcuts = best.get("paper_protocol") if isinstance(best.get("paper_protocol"), str) else ""
-    row = {**best.to_dict(), "variant": run["variant"], "protocol": "paper", "selected_variant": best.variant,
-           "selected_by": how, "paper_protocol": "; ".join(filter(None, [shortcuts, f"chosen on TEST: {how}"])),
-           "mlflow_run_id": run_id}
     with atomic_path(output) as tmp:
-        pd.DataFrame([row]).to_parquet(tmp, index=False)
+        selected.to_parquet(tmp, index=False)
+    return selected
 
 
 def _device_name() -> str:
@@ -517,23 +540,23 @@ def aggregate(*, metric_files: Sequence[str | Path], table_path: str | Path, mar
 
 
 # ----------------------------------------------------------------------------- 5. figures
-def figures(*, prediction_files: Sequence[str | Path], report: str | Path, table_path: str | Path,
+def figures(*, prediction_files: Sequence[str | Path], metric_files: Sequence[str | Path], report: str | Path,
             qualitative_path: str | Path, metrics_chart_path: str | Path, run: Mapping[str, str],
-            env: JobEnvironment, weights_status: Sequence[str | Path] = ()) -> None:
-    """Draw the qualitative grid and the per-category metric chart; log both to MLflow."""
-    from anodiff import plots
+            env: JobEnvironment) -> None:
+    """Draw a run's qualitative grid and per-category metric chart (its metrics rows, with the
+    mean row of the metric table); log both to MLflow. The rows say whether its networks were real."""
+    from anodiff import plots, tables
 
-    title, subtitle = f"{run['method']} ({run['variant']} variant) on {run['dataset']}", weights_subtitle(weights_status)
+    metrics = tables.with_means(pd.concat([read_parquet(p, "metrics") for p in metric_files], ignore_index=True))
+    mean = metrics[metrics.category == "mean"].iloc[0]  # its random_weights: every category's stand-ins
+    title = f"{run['method']} ({run['variant']} variant) on {run['dataset']}"
+    subtitle = random_weights_subtitle(mean.random_weights)
     plots.qualitative_grid([Path(p) for p in prediction_files], dataset_root(report), Path(qualitative_path),
                            title=title, subtitle=subtitle)
-    table = read_parquet(table_path, "metric table")
-    selected = table[(table.dataset == run["dataset"]) & (table.method == run["method"])
-                     & (table.variant == run["variant"])]
     name = f"{run['dataset']}/{run['method']}/{run['variant']}"
-    plots.metrics_per_category(selected, Path(metrics_chart_path), title=title, subtitle=subtitle)
+    plots.metrics_per_category(metrics, Path(metrics_chart_path), title=title, subtitle=subtitle)
     tracker = Tracker(env.tracking)
     run_id = tracker.start_run(f"{name} · summary", {**run, "stage": "summary"})
-    mean = selected[selected.category == "mean"].iloc[0]
     tracker.log_metrics(run_id, {m: float(mean[m]) for m in METRIC_NAMES})
     for path in (qualitative_path, metrics_chart_path):
         tracker.log_artifact(run_id, Path(path))

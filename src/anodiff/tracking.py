@@ -162,11 +162,12 @@ def _quoted(text: str) -> str:
     return text.replace("\\", "\\\\").replace("'", "\\'")
 
 
-def write_run_info(path: Path, run_id: str, config: TrackingConfig) -> None:
-    """Record which MLflow run a job logged to, so later jobs can nest under it."""
+def write_run_info(path: Path, run_id: str, config: TrackingConfig, **facts: Any) -> None:
+    """Record which MLflow run a job logged to, so later jobs can nest under it, with ``facts``
+    its readers report (e.g. whether the model's pretrained networks were real)."""
     atomic_write_text(
         json.dumps({"run_id": run_id, "tracking_uri": config.tracking_uri,
-                    "experiment": config.experiment}, indent=2),
+                    "experiment": config.experiment, **facts}, indent=2),
         path,
     )
 

@@ -23,7 +23,8 @@ rule evaluate:
 rule select_on_test:
     """A paper-protocol run: on each category, the candidate variant with the best TEST metric
     (the papers' per-category choices, e.g. InversionAD's "Ours*"), or the best by the mean over
-    categories, AUROCs below 0.5 flipped where asked (DiAD); protocol = paper."""
+    categories, AUROCs below 0.5 flipped where asked (DiAD); protocol = paper. One job per run,
+    a row per category."""
     input:
         INPUTS.selection,
     output:
@@ -33,9 +34,9 @@ rule select_on_test:
         per=param("select_per"),
         flip_auroc=param("flip_auroc"),
     log:
-        paths.log("select_on_test", "{dataset}/{method}/{variant}/{category}"),
+        paths.log("select_on_test", "{dataset}/{method}/{variant}"),
     benchmark:
-        paths.benchmark("select_on_test", "{dataset}/{method}/{variant}/{category}")
+        paths.benchmark("select_on_test", "{dataset}/{method}/{variant}")
     conda:
         ENV
     script:

@@ -2,7 +2,6 @@ rule figures:
     """Qualitative grid (image / ground truth / map) and per-category metric chart."""
     input:
         unpack(INPUTS.run_figures),
-        table=paths.METRIC_TABLE,
     output:
         qualitative=report(
             paths.RUN_FIGURE.replace("{name}", "qualitative"),

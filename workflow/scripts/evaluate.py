@@ -11,7 +11,6 @@ evaluate(
     run_info=snakemake.input.run_info,
     run={"dataset": w.dataset, "method": w.method, "variant": w.variant, "setting": snakemake.params.setting},
     env=JobEnvironment.from_config(snakemake.config),
-    weights_status=list(snakemake.input.weights),
     config=snakemake.params.config,
     evaluation=snakemake.params.evaluation,
     paper_protocol=snakemake.params.paper_protocol,

@@ -5,11 +5,10 @@ setup_job(snakemake.log[0], snakemake.threads)
 w = snakemake.wildcards
 figures(
     prediction_files=list(snakemake.input.predictions),
+    metric_files=list(snakemake.input.metrics),
     report=snakemake.input.report,
-    table_path=snakemake.input.table,
     qualitative_path=snakemake.output.qualitative,
     metrics_chart_path=snakemake.output.metrics,
     run={"dataset": w.dataset, "method": w.method, "variant": w.variant},
     env=JobEnvironment.from_config(snakemake.config),
-    weights_status=list(snakemake.input.weights),
 )

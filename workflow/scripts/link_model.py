@@ -13,4 +13,5 @@ link_model(
     run={"dataset": w.dataset, "variant": w.variant, "group": w.group, "setting": snakemake.params.setting},
     env=JobEnvironment.from_config(snakemake.config),
     train_caches=list(snakemake.input.get("caches", [])),
+    weights_status=list(snakemake.input.weights),
 )

@@ -7,7 +7,7 @@ select_on_test(
     candidate_files=list(snakemake.input),
     select_by=snakemake.params.select_by,
     output=snakemake.output[0],
-    run={"dataset": w.dataset, "method": w.method, "variant": w.variant, "category": w.category},
+    run={"dataset": w.dataset, "method": w.method, "variant": w.variant},
     env=JobEnvironment.from_config(snakemake.config),
     per=snakemake.params.per,
     flip_auroc=snakemake.params.flip_auroc,
