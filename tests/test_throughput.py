@@ -7,7 +7,7 @@ import torch
 
 from anodiff.config import load_method_config
 from anodiff.methods import REGISTRY
-from anodiff.throughput import measure_throughput
+from anodiff.throughput import measure_throughput, time_predictions
 
 REPO = Path(__file__).resolve().parents[1]
 # Per method: (tiny overrides, expected NFE). A new method adds one entry here.
@@ -62,3 +62,38 @@ def test_every_registered_method_is_benchmarked(method, tmp_path):
     assert result.images_per_second > 0 and result.seconds_per_image > 0
     assert result.nfe == expected_nfe
     assert result.device.startswith("cpu") and not result.pretrained_weights
+
+
+class _Recorder:
+    """A detector whose ``predict`` records what the timed loop hands it."""
+
+    def __init__(self):
+        self.calls = []
+
+    def predict(self, test):
+        device = test.features.device.type
+        autocast = device != "meta" and torch.is_autocast_enabled(device)  # meta has no autocast
+        self.calls.append({"device": device, "dtype": test.features.dtype, "autocast": autocast,
+                           "autocast_dtype": torch.get_autocast_dtype(device) if autocast else None})
+
+
+@pytest.mark.parametrize("precision,autocast_dtype", [("fp32", None), ("bf16", torch.bfloat16),
+                                                      ("fp16", torch.float16)])
+def test_timed_predictions_run_under_the_runs_precision(precision, autocast_dtype):
+    detector, backbone = _Recorder(), torch.nn.Conv2d(3, 8, 3, stride=4)
+    seconds = time_predictions(detector, backbone, torch.rand(2, 3, 16, 16), torch.device("cpu"), repeats=2,
+                               precision=precision)
+    assert seconds > 0 and len(detector.calls) == 3  # the warm-up batch and two timed ones
+    for call in detector.calls:
+        assert call["autocast"] == (autocast_dtype is not None)
+        if autocast_dtype is not None:
+            assert call["autocast_dtype"] == autocast_dtype
+        assert call["dtype"] == torch.float32  # the backbone runs in float32, as the cache job runs it
+
+
+def test_timed_features_stay_on_the_device():
+    # on the meta device a copy to the host raises, so this fails if the features went through it
+    detector = _Recorder()
+    time_predictions(detector, torch.nn.Conv2d(3, 8, 3, stride=4, device="meta"), torch.rand(2, 3, 16, 16),
+                     torch.device("meta"), repeats=1)
+    assert [call["device"] for call in detector.calls] == ["meta", "meta"]

@@ -577,7 +577,8 @@ def fps_benchmark(*, method: str, config: Mapping[str, Any], training_hash: str,
     """The run's one fps (:func:`anodiff.throughput.time_predictions`): its trained model (a
     PatchCore memory bank of real size), real test images of ``category`` decoded beforehand,
     ``settings['batch_size']`` (64, DPDiff-AD Table 4) per batch after a warm-up batch, end to
-    end on the job's device; one parquet row with the NFE and the device's name (numbers
+    end on the job's device, at the run's ``precision`` (``predict`` under autocast, as
+    ``infer``); one parquet row with the NFE, the precision and the device's name (numbers
     from different devices are not comparable)."""
     from anodiff.features import FeatureExtractor
     from anodiff.throughput import Throughput, device_name, time_predictions
@@ -590,19 +591,21 @@ def fps_benchmark(*, method: str, config: Mapping[str, Any], training_hash: str,
     extractor = FeatureExtractor(spec, env.weights_dir).to(device)
     test_set = mvtec.MVTecDataset(dataset_root(report), category, "test", spec.image_size)
     batch = torch.stack([test_set[i % len(test_set)]["image"] for i in range(settings["batch_size"])])
+    run_precision = precision.of_config(config)
     seconds = time_predictions(detector, extractor, batch.pin_memory() if device.type == "cuda" else batch,
-                               device, settings["repeats"])
+                               device, settings["repeats"], run_precision)
     provenance = weights_provenance(weights_status)
     result = Throughput(method=method, image_size=spec.image_size, batch_size=len(batch),
                         images_per_second=1.0 / seconds, seconds_per_image=seconds,
                         nfe=entry.nfe(resolved_config(method, config)), device=device_name(device),
-                        pretrained_weights=provenance["pretrained_weights"])
+                        pretrained_weights=provenance["pretrained_weights"], precision=run_precision)
     with atomic_path(output) as tmp:
         pd.DataFrame([{**run, **asdict(result), **provenance, "category": category}]).to_parquet(tmp, index=False)
     tracker = Tracker(env.tracking)
     run_id = tracker.start_run(f"{run['dataset']}/{method}/{run['variant']} · fps",
                                {**run, **_tags(provenance), "stage": "fps", "device": result.device})
-    tracker.log_params(run_id, {**settings, "nfe": result.nfe, "image_size": result.image_size, "category": category})
+    tracker.log_params(run_id, {**settings, "nfe": result.nfe, "image_size": result.image_size, "category": category,
+                                "precision": result.precision})
     tracker.log_metrics(run_id, {"images_per_second": result.images_per_second,
                                  "seconds_per_image": result.seconds_per_image})
     tracker.end_run(run_id)

@@ -2,7 +2,9 @@
 
 One definition (:func:`time_predictions`): what a user pays per image, end to end: the
 host-to-device copy of decoded images, the frozen backbone and the method's ``predict``,
-at batch 64 (DPDiff-AD Table 4) after a warm-up batch. The workflow's fps rule applies it to
+at batch 64 (DPDiff-AD Table 4) after a warm-up batch, at the run's ``precision``
+(:mod:`anodiff.precision`) as its ``infer`` job computes: the backbone in float32 (as the cache
+job runs it), ``predict`` under autocast. The features stay on the device between the two. The workflow's fps rule applies it to
 the trained model on real test images of the run (``anodiff.pipeline.fps_benchmark``); the
 metric table, the paper tables and the trade-off figure all show that number.
 :func:`measure_throughput` applies it to a detector fitted on a few random images, for
@@ -18,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from anodiff import precision as precisions
 from anodiff.features import FeatureExtractor
 from anodiff.methods import get_method
 from anodiff.methods.base import FeatureSet, TrainCallbacks
@@ -33,6 +36,7 @@ class Throughput:
     nfe: int  # denoiser network evaluations per image
     device: str  # the device's name, so numbers from different machines are not mixed
     pretrained_weights: bool
+    precision: str = "fp32"  # fp32 | bf16 | fp16: the autocast of the timed predict (anodiff.precision)
 
 
 def device_name(device: torch.device) -> str:
@@ -57,15 +61,21 @@ def _synchronize(device: torch.device) -> None:
 
 @torch.no_grad()
 def time_predictions(detector, extractor: FeatureExtractor, batch: torch.Tensor, device: torch.device,
-                     repeats: int) -> float:
+                     repeats: int, precision: str = "fp32") -> float:
     """Seconds per image of the one fps definition: ``batch`` (decoded images in [0, 1] on the
     host; decoding is not timed) copied to ``device``, the backbone, and ``predict`` (its maps
-    and scores back on the host), end to end, after one warm-up batch; the mean of ``repeats``."""
+    and scores back on the host), end to end, after one warm-up batch; the mean of ``repeats``.
+
+    ``precision``: the run's (``anodiff.precision.of_config``), applied as ``infer`` applies
+    it: ``predict`` under its autocast, the backbone in float32 as the cache job runs it. The
+    features go from the backbone to ``predict`` on ``device``, never through the host."""
     image_size = batch.shape[-1]
 
     def one_batch() -> None:
-        images = batch.to(device, non_blocking=True)
-        detector.predict(_feature_set(extractor(images), image_size))
+        images = batch.to(device, non_blocking=True)  # (B, 3, H, W)
+        features = extractor(images).float()  # (B, C, h, w) on the device, float32 as read from a cache
+        with precisions.autocast(precision, device):
+            detector.predict(_feature_set(features, image_size))
 
     one_batch()  # warm-up: lazy initialisation, kernel selection, caches
     _synchronize(device)
@@ -101,17 +111,19 @@ def measure_throughput(
         return torch.rand((count, 3, spec.image_size, spec.image_size), generator=generator).to(device)
 
     detector = entry.build(config, device, weights_dir)
+    precision = precisions.of_config(config)
     with torch.enable_grad():
         train_set = _feature_set(extractor(images(fit_images)).cpu(), spec.image_size)
         if entry.has_pretrain:
-            callbacks = TrainCallbacks(show_progress=False)
+            callbacks = TrainCallbacks(show_progress=False, precision=precision)
             detector.load_pretrained(entry.pretrain(config, train_set, device, weights_dir, callbacks))
-        detector.fit(train_set, TrainCallbacks(show_progress=False))
+        detector.fit(train_set, TrainCallbacks(show_progress=False, precision=precision))
         if entry.calibrates:
-            detector.calibrate(train_set)
+            with precisions.autocast(precision, device):
+                detector.calibrate(train_set)
 
-    seconds = time_predictions(detector, extractor, images(batch_size).cpu(), device, repeats)
+    seconds = time_predictions(detector, extractor, images(batch_size).cpu(), device, repeats, precision)
     return Throughput(method=method, image_size=spec.image_size, batch_size=batch_size,
                       images_per_second=1.0 / seconds, seconds_per_image=seconds,
                       nfe=entry.nfe(config), device=device_name(device),
-                      pretrained_weights=extractor.pretrained_loaded)
+                      pretrained_weights=extractor.pretrained_loaded, precision=precision)
