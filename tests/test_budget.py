@@ -108,3 +108,18 @@ def test_the_cli_prints_the_budget_without_torch(tmp_path):
                             capture_output=True, text=True, cwd=REPO, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "| train |" in result.stdout and "TORCH False" in result.stdout
+
+
+def test_the_fps_job_times_its_configured_batches_through_backbone_and_predict():
+    plan = demo_plan()
+    run = plan.run("synthetic", "inversion", "demo")
+    record = fake_record(plan)  # predict 1e12 / 3 FLOPs per call, backbone 1e10 FLOPs per image
+    e = budget.Estimator(plan, record).fps(run)
+    settings = {"batch_size": 64, "repeats": 3, **plan.config.get("fps", {})}
+    images = settings["batch_size"] * (settings["repeats"] + 1)  # the warm-up batch is run too
+    assert e.flops == pytest.approx(images * (max(run.nfe, 1) * 1e12 / 3 + 1e10))
+    plan.config["fps"] = {"batch_size": 8, "repeats": 1}
+    assert budget.Estimator(plan, record).fps(run).flops == pytest.approx(16 * (max(run.nfe, 1) * 1e12 / 3 + 1e10))
+    rows = {r["kind"]: r for r in budget.budget_rows(budget.Estimator(plan, record))}
+    # one per run the metric table shows (not a paper protocol's unprinted candidates), as the workflow schedules
+    assert rows["fps"]["jobs"] == sum(map(plan.summarises, plan.runs.values())) > 0
