@@ -1,6 +1,7 @@
 # The plan of every run (anodiff.plan), built once when the DAG is built, and the input
 # functions the rules read it through. A config mistake (unknown method, typo'd
 # hyper-parameter, a table row without a run) fails here, before any job starts.
+import gc
 import inspect
 from pathlib import Path
 
@@ -10,6 +11,18 @@ from anodiff import paths
 from anodiff.data.digests import DataDigests
 from anodiff.inputs import JobInputs
 from anodiff.plan import build_plan
+
+
+# The DAG build makes millions of long-lived objects (jobs, files, wildcards) and no garbage
+# cycles worth collecting: the cyclic collector's passes over them took a fifth of the paper
+# plan's build (benchmarks/bench_dag.py). Off while the DAG is built; on again when the first job
+# starts (onstart; with --no-hooks it stays off, and reference counting still frees the rest).
+if workflow.is_main_process:
+    gc.disable()
+
+
+onstart:
+    gc.enable()
 
 
 PLAN = build_plan(config, Path(workflow.basedir))  # validates the config against the schema
