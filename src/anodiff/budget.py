@@ -22,6 +22,8 @@ images into RAM, 0 for backbone features (memory-mapped, streamed by batch); ``P
              GPU   = 1.5 GiB + P + 0.25 * B_inf * A
     cache    FLOPs = N * backbone_flops_per_image
              RAM   = 4 GiB + 2 * N * F ;  GPU = 1.5 GiB + 4 * backbone params + 2 GiB
+    a run without a cache (features.cache: none) adds the backbone to train (E * N *
+    backbone_flops_per_image), infer and link_model (N * backbone_flops_per_image), and no cache job
     runtime  = 1.5 * FLOPs / X / 60 + 10 minutes (50 % margin, start-up), at most 48 h
     every value at least the profile's (FLOORS), rounded up to 1 GB / 1 min.
 
@@ -189,6 +191,10 @@ class Estimator:
         """RAM a job holds of ``n`` images' cache: pixel methods read them as float32, features stream."""
         return 2 * n * self.feature_bytes(spec_key) if self.plan.feature_specs[spec_key]["kind"] == "pixels" else 0.0
 
+    def extraction_flops(self, run: Run) -> float:
+        """Backbone FLOPs per image a job of ``run`` spends itself: 0 when it reads a cache."""
+        return 0.0 if run.cached else self.features.get(run.feature_key, {}).get("flops_per_image", 0)
+
     def arch(self, run: Run) -> dict[str, Any] | None:
         return self.archs.get(self._keys[(run.dataset, run.method, run.variant)])
 
@@ -202,7 +208,7 @@ class Estimator:
         batch = _get(run.config, "training", "batch_size", default=16) or 16
         p, pt = arch["param_bytes"], 4 * arch["trainable_params"]
         return Estimate(
-            "train", flops=epochs * n * arch["train_flops_per_image"],
+            "train", flops=epochs * n * (arch["train_flops_per_image"] + self.extraction_flops(run)),
             mem_bytes=4 * GIB + self.held_bytes(run.feature_key, n) + 3 * p,
             gpu_bytes=1.5 * GIB + p + 3 * pt + 1.25 * batch * arch["activation_bytes_per_image"],
             disk_bytes=p + 2 * pt)
@@ -218,7 +224,7 @@ class Estimator:
         batch = _get(run.config, "inference", "batch_size", default=32) or 32
         calls = max(run.nfe, 1) if arch.get("nfe_scaled") else 1
         return Estimate(
-            "infer", flops=n * calls * arch["predict_flops_per_call"],
+            "infer", flops=n * (calls * arch["predict_flops_per_call"] + self.extraction_flops(run)),
             mem_bytes=4 * GIB + self.held_bytes(run.feature_key, n) + 2 * maps,
             gpu_bytes=1.5 * GIB + arch["param_bytes"] + 0.25 * batch * arch["activation_bytes_per_image"],
             disk_bytes=maps)
@@ -301,7 +307,7 @@ class Estimator:
         plan = self.plan
         computed = [r for r in plan.runs.values() if not r.selects]  # select_on_test runs compute nothing
         caches = sorted({(plan.images[r.dataset], r.feature_key, c, s) for r in computed  # shared by source images
-                         for c in r.categories for s in ("train", "test")})
+                         if r.cached for c in r.categories for s in ("train", "test")})
         for images, spec_key, category, split in caches:
             yield "cache_features", self.cache_features(plan.cache_datasets[images][category], spec_key, category, split)
         for run in computed:

@@ -17,6 +17,11 @@ and has no bfloat16. Half the bytes of float32: DPDiff-AD's DINOv2-B tokens at 4
 Readers never load a whole data set: :func:`load_feature_sets` memory-maps each category's
 file, and :class:`FeatureRows` gathers the rows a minibatch asks for (float32) from whichever
 file holds them, so unified training over 160 categories holds one batch, not 160 categories.
+
+A run with ``features.cache: none`` (:mod:`anodiff.plan`) has no cache: its jobs get an
+:class:`ExtractedRows` instead, which runs the same extractor on the images a request names
+and rounds to float16 as the cache does (:func:`extracted_feature_set`), so the methods see
+one interface, and the same numbers, from either source.
 """
 
 from __future__ import annotations
@@ -169,6 +174,20 @@ def save_feature_set(features: FeatureSet, path: Path, pretrained_loaded: bool) 
                 handle.write(memoryview(array).cast("B"))
 
 
+def row_index(index: Any, length: int) -> np.ndarray:
+    """The rows (int64, in order) a slice or a 1-D index (tensor, array or list; negative
+    allowed) selects of ``length`` rows."""
+    if isinstance(index, slice):
+        return np.arange(length)[index]
+    rows = (index.cpu().numpy() if isinstance(index, torch.Tensor) else np.asarray(index)).astype(np.int64)
+    if rows.ndim != 1:
+        raise IndexError(f"feature rows take an int, a slice or a 1-D row index, not shape {rows.shape}")
+    rows = np.where(rows < 0, rows + length, rows)
+    if rows.size and (rows.min() < 0 or rows.max() >= length):
+        raise IndexError(f"row index out of range for {length} rows")
+    return rows
+
+
 class FeatureRows:
     """The features of one or more cache files as one (N, C, h, w) array that is never loaded.
 
@@ -209,15 +228,7 @@ class FeatureRows:
     def __getitem__(self, index: Any) -> torch.Tensor:
         if isinstance(index, (int, np.integer)):
             return self[[int(index)]][0]
-        if isinstance(index, slice):
-            rows = np.arange(len(self))[index]
-        else:
-            rows = (index.cpu().numpy() if isinstance(index, torch.Tensor) else np.asarray(index)).astype(np.int64)
-            if rows.ndim != 1:
-                raise IndexError(f"FeatureRows takes an int, a slice or a 1-D row index, not shape {rows.shape}")
-            rows = np.where(rows < 0, rows + len(self), rows)
-            if rows.size and (rows.min() < 0 or rows.max() >= len(self)):
-                raise IndexError(f"row index out of range for {len(self)} rows")
+        rows = row_index(index, len(self))
         out = np.empty((len(rows), *self.shape[1:]), dtype=np.float32)
         shard_of = np.searchsorted(self._starts, rows, side="right") - 1
         for shard in np.unique(shard_of):
@@ -268,4 +279,141 @@ def load_feature_sets(paths: list[Path]) -> FeatureSet:
         categories=listed("categories"),
         defect_types=listed("defect_types"),
         image_size=sizes.pop(),
+    )
+
+
+# ----------------------------------------------------------------------------- no cache
+class _Requested:
+    """The batch sampler of :class:`ExtractedRows`' loader: the rows of the current request, in
+    chunks. It is set before each pass; persistent workers read the new rows on each ``iter``."""
+
+    def __init__(self) -> None:
+        self.rows: list[int] = []
+        self.chunk = 1
+
+    def __iter__(self):
+        for start in range(0, len(self.rows), self.chunk):
+            yield self.rows[start : start + self.chunk]
+
+    def __len__(self) -> int:
+        return -(-len(self.rows) // self.chunk)
+
+
+class _Images:
+    """The images (3, S, S) of an :class:`MVTecDataset`, without the rest of each item."""
+
+    def __init__(self, dataset: MVTecDataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return self.dataset[index]["image"]
+
+
+class ExtractedRows:
+    """What :class:`FeatureRows` gives from a cache, computed from the images when asked for
+    (``features.cache: none``): the same extractor, and the same float16 rounding as the cache
+    (``round_to``), so a method sees the numbers it would read from a cache.
+
+    Indexing (an int, a slice or a 1-D index) decodes just those images through a DataLoader
+    with ``num_workers`` persistent worker processes (default: the job's threads; 0 decodes in
+    this process), runs the extractor on ``device`` ``batch_size`` images at a time and returns
+    (rows, C, h, w) float32 on the CPU, as a cache read does. Nothing is kept between calls, so
+    a job holds one request's images and features, whatever the data set's size.
+    """
+
+    def __init__(self, extractor: FeatureExtractor, dataset: MVTecDataset, device: torch.device | str, *,
+                 batch_size: int = 16, num_workers: int | None = None,
+                 round_to: torch.dtype | None = CACHE_DTYPE) -> None:
+        self.device = torch.device(device)
+        self.extractor = extractor.to(self.device)
+        self.batch_size = batch_size
+        self.round_to = round_to
+        self.workers = max(0, torch.get_num_threads() if num_workers is None else num_workers)
+        self._sampler = _Requested()
+        self._loader = DataLoader(_Images(dataset), batch_sampler=self._sampler, num_workers=self.workers,
+                                  pin_memory=self.device.type == "cuda", persistent_workers=self.workers > 0)
+        size = dataset.image_size
+        probe = self.extractor(torch.zeros(1, 3, size, size, device=self.device))  # the row shape, no image read
+        self.shape = torch.Size((len(dataset), *probe.shape[1:]))
+        self.dtype = torch.float32  # what indexing returns
+        self.paths = [str(s.image_path) for s in dataset.samples]  # named when a feature is not finite
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def numel(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    def float(self) -> torch.Tensor:
+        """Every row as one float32 tensor (extracts the whole data set into RAM)."""
+        return self[:]
+
+    def __getitem__(self, index: Any) -> torch.Tensor:
+        if isinstance(index, (int, np.integer)):
+            return self[[int(index)]][0]
+        rows = row_index(index, len(self))
+        out = torch.empty((len(rows), *self.shape[1:]), dtype=torch.float32)
+        if not len(rows):
+            return out
+        # 1. decode: each worker takes an equal share of the request (at most a batch), in order
+        self._sampler.rows = rows.tolist()
+        self._sampler.chunk = max(1, min(self.batch_size, -(-len(rows) // max(self.workers, 1))))
+        waiting: list[torch.Tensor] = []
+        done = 0
+        for images in self._loader:
+            waiting.append(images)
+            if sum(len(x) for x in waiting) >= self.batch_size:
+                done = self._extract(waiting, out, done, rows, final=False)
+        # 2. extract what is left (a last, smaller batch)
+        self._extract(waiting, out, done, rows, final=True)
+        return out
+
+    def _extract(self, waiting: list[torch.Tensor], out: torch.Tensor, done: int, rows: np.ndarray,
+                 final: bool) -> int:
+        """Run the extractor over the decoded images ``waiting`` in batches of ``batch_size``
+        (and the remainder if ``final``), into ``out`` from row ``done``; keep the rest waiting."""
+        if not waiting:
+            return done
+        images = torch.cat(waiting)
+        waiting.clear()
+        whole = len(images) if final else len(images) - len(images) % self.batch_size
+        for start in range(0, whole, self.batch_size):
+            batch = images[start : min(start + self.batch_size, whole)]
+            features = self.extractor(batch.to(self.device, non_blocking=True))
+            if self.round_to is not None:
+                features = features.to(self.round_to)
+            if not torch.isfinite(features).all():
+                bad = rows[done : done + len(batch)]
+                raise FloatingPointError(
+                    f"non-finite features (NaN/inf; {self.round_to or 'float32'}: |x| > 65504 is inf) of "
+                    f"{[self.paths[i] for i in bad][:4]}: check the backbone's output")
+            out[done : done + len(batch)] = features.float().cpu()
+            done += len(batch)
+        if whole < len(images):
+            waiting.append(images[whole:])
+        return done
+
+
+def extracted_feature_set(spec: FeatureSpec, root: Path, categories: Sequence[str], split: str,
+                          weights_dir: Path, device: torch.device | str, *, batch_size: int = 16,
+                          num_workers: int | None = None) -> FeatureSet:
+    """The :class:`FeatureSet` that :func:`load_feature_sets` would read from the caches of
+    ``categories`` (in that order), with :class:`ExtractedRows` in place of the caches."""
+    dataset = MVTecDataset(root, list(categories), split, spec.image_size)
+    extractor = FeatureExtractor(spec, weights_dir)
+    samples = dataset.samples
+    return FeatureSet(
+        features=ExtractedRows(extractor, dataset, device, batch_size=batch_size, num_workers=num_workers),
+        labels=np.array([s.label for s in samples], dtype=np.int64),
+        image_paths=[str(s.image_path) for s in samples],
+        categories=[s.category for s in samples],
+        defect_types=[s.defect_type for s in samples],
+        image_size=dataset.image_size,
     )

@@ -78,9 +78,12 @@ class JobInputs:
                 "weights": self.weights_status(self.plan.feature_weights[w.spec_key])}
 
     def group(self, w: Any) -> Inputs:
-        """What fitting a group needs: its categories' training caches and the pretrained networks."""
+        """What fitting a group needs: its categories' training caches (a run without a cache,
+        ``features.cache: none``: its dataset's report, to extract them from) and the pretrained networks."""
         run = self.run_of(w)
-        return {"caches": caches(self.plan, run, run.categories_of(w.group), "train"), "weights": self.weights_status(run.weights)}
+        data = {"caches": caches(self.plan, run, run.categories_of(w.group), "train")} if run.cached else {
+            "report": report_of(run.dataset)}
+        return {**data, "weights": self.weights_status(run.weights)}
 
     def train(self, w: Any) -> Inputs:
         run = self.run_of(w)
@@ -99,8 +102,12 @@ class JobInputs:
         return {**inputs, "weights": self.weights_status(run.weights)}
 
     def infer(self, w: Any) -> Inputs:
-        """The model (which already waited for the pretrained networks) and the test cache."""
+        """The model (which already waited for the pretrained networks) and the test cache; without
+        a cache, the report and the networks to extract the features with."""
         run = self.run_of(w)
+        if not run.cached:
+            return {**model_inputs(run, w.category), "report": report_of(run.dataset),
+                    "weights": self.weights_status(run.weights)}
         return {**model_inputs(run, w.category), "cache": caches(self.plan, run, [w.category], "test")[0]}
 
     def fps(self, w: Any) -> Inputs:

@@ -16,7 +16,7 @@ Pure Python (stdlib + yaml): the workflow's plan imports it. A spec has these to
 ``runs``
     ``method: {setting, datasets, variants}``. ``setting`` (default ``per_class``) and
     ``datasets`` are the defaults of the method's variants; a variant is
-    ``name: {datasets, setting, overrides, protocol, select_on_test}`` as in config.yaml, or a GRID: a name template such
+    ``name: {datasets, setting, overrides, protocol, select_on_test, features}`` as in config.yaml, or a GRID: a name template such
     as ``"recon{start}-s{S}"`` with ``grid: {axis: {key, values}, ...}`` and optional
     ``exclude: [{axis: label, ...}, ...]``. ``key`` is the override key path (``a.b.c``), or a
     list of paths set together from a list value; ``values`` is a list (each value is its own
@@ -59,7 +59,7 @@ from anodiff.config import ConfigError
 SETTINGS = ("per_class", "unified")
 SPEC_KEYS = ("protocol", "reference_device", "printed", "runs", "tables", "figures")
 METHOD_KEYS = ("setting", "datasets", "variants")
-VARIANT_KEYS = ("datasets", "setting", "overrides", "protocol", "select_on_test")
+VARIANT_KEYS = ("datasets", "setting", "overrides", "protocol", "select_on_test", "features")
 GRID_KEYS = ("grid", "exclude")
 AXIS_KEYS = ("key", "values")
 ROW_KEYS = ("reported", "method", "variant", "datasets", "setting", "categories", "paper_protocol")
@@ -173,7 +173,7 @@ def _variant(entry: Mapping[str, Any], overrides: Any, where: str) -> dict[str, 
     variant = {"datasets": list(datasets), "setting": entry["setting"]}
     if _mapping(overrides, f"{where}.overrides"):
         variant["overrides"] = overrides
-    for key in ("protocol", "select_on_test"):  # a paper-protocol run (checked by anodiff.plan)
+    for key in ("protocol", "select_on_test", "features"):  # a paper-protocol run; features.cache (anodiff.plan)
         if key in entry:
             variant[key] = copy.deepcopy(entry[key])
     return variant

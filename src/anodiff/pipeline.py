@@ -103,15 +103,50 @@ def random_weights_subtitle(random: str) -> str:
     return f"RANDOM weights ({random}): offline stand-ins, not comparable with the papers" if random else ""
 
 
-def checkpoint_identity(stage: str, config_hash: str, train_caches: Sequence[str | Path], seed: int) -> dict[str, str]:
+def checkpoint_identity(stage: str, config_hash: str, train_caches: Sequence[str | Path], seed: int,
+                        features: Mapping[str, Any] | None = None) -> dict[str, str]:
     """What a training checkpoint belongs to: the config (training or pretrain hash), the exact
-    feature caches (paths, sizes, modification times), the seed and the package version. A
-    checkpoint of anything else is moved aside instead of resumed (anodiff.training)."""
+    feature caches (paths, sizes, modification times) or, without a cache, the features' source
+    (``features``: spec and image digest, :func:`feature_set`), the seed and the package
+    version. A checkpoint of anything else is moved aside instead of resumed (anodiff.training)."""
     from importlib.metadata import version
 
     caches = [(str(p), os.stat(p).st_size, os.stat(p).st_mtime_ns) for p in train_caches]
-    return {"stage": stage, "config": config_hash, "features": digest(caches), "seed": str(seed),
+    source = digest(dict(features)) if uncached(features) else digest(caches)
+    return {"stage": stage, "config": config_hash, "features": source, "seed": str(seed),
             "anodiff": version("anodiff")}
+
+
+def uncached(features: Mapping[str, Any] | None) -> bool:
+    """Whether a job's ``features`` param says it extracts its features itself (``cache: none``)."""
+    return bool(features) and features.get("cache", "stored") == "none"
+
+
+def feature_set(*, caches: Sequence[str | Path], features: Mapping[str, Any] | None, report: str | Path | None,
+                env: JobEnvironment):
+    """The features a job reads: its stored caches, or, for a run with ``features.cache: none``,
+    the same features extracted on the fly from the images of its dataset (``report``).
+
+    ``features``: the job's param (:meth:`anodiff.data.digests.DataDigests.train_features`):
+    ``{"cache": "stored"}``, or the backbone spec, split, categories and images digest. Either
+    way a :class:`~anodiff.methods.base.FeatureSet` whose rows index alike
+    (:class:`anodiff.features.FeatureRows`, :class:`anodiff.features.ExtractedRows`), so
+    pretrain, train, link_model (calibration) and infer take either.
+    """
+    from anodiff.features import extracted_feature_set, load_feature_sets
+
+    if not uncached(features):
+        return load_feature_sets([Path(p) for p in caches])
+    if report is None:
+        raise ValueError("a job without a feature cache (features.cache: none) needs its dataset's validation "
+                         "report to find the images")
+    return extracted_feature_set(feature_spec_of(features["spec"]), dataset_root(report), features["categories"],
+                                 features["split"], env.weights_dir, resolve_device(env.device))
+
+
+def feature_spec_of(spec: Mapping[str, Any]) -> FeatureSpec:
+    """A :class:`FeatureSpec` from its plain-data form (``Plan.feature_specs``, a job param)."""
+    return FeatureSpec(**{**spec, "layers": tuple(spec["layers"])})
 
 
 def _tags(provenance: Mapping[str, Any]) -> dict[str, str]:
@@ -165,7 +200,7 @@ def cache_features(*, spec: Mapping[str, Any], report: str | Path, category: str
     """Run the frozen backbone once over one split of one category and store the features."""
     from anodiff.features import CACHE_DTYPE, FeatureExtractor, extract_features, save_feature_set
 
-    feature_spec = FeatureSpec(**{**spec, "layers": tuple(spec["layers"])})
+    feature_spec = feature_spec_of(spec)
     root = dataset_root(report)
     dataset = mvtec.MVTecDataset(root, category, split, feature_spec.image_size)
     extractor = FeatureExtractor(feature_spec, env.weights_dir)
@@ -176,21 +211,21 @@ def cache_features(*, spec: Mapping[str, Any], report: str | Path, category: str
 
 # ----------------------------------------------------------------------------- 2. training
 def pretrain(*, method: str, config: Mapping[str, Any], train_caches: Sequence[str | Path], output: str | Path,
-             run: Mapping[str, str], env: JobEnvironment, seed: int = 0) -> None:
+             run: Mapping[str, str], env: JobEnvironment, seed: int = 0,
+             features: Mapping[str, Any] | None = None, report: str | Path | None = None) -> None:
     """Run a method's pretrain stage (e.g. DiAD's autoencoder fine-tuning) as its own job.
 
     ``config``: the pretrain slice of the run's config (``MethodEntry.pretrain_keys``); the
     stage sees only those keys. ``run``: dataset, variant and group, for MLflow (stage
     ``pretrain``). Resumable like ``train``: its checkpoint lives next to ``output``.
+    ``features``, ``report``: where the training features come from (:func:`feature_set`).
     """
-    from anodiff.features import load_feature_sets
-
     seed_everything(seed)
     entry = get_method(method)
     if not entry.has_pretrain:
         raise ValueError(f"method {method} has no pretrain stage")
     view = restricted_view(entry.config_class, config, entry.pretrain_keys)
-    train_set = load_feature_sets([Path(p) for p in train_caches])
+    train_set = feature_set(caches=train_caches, features=features, report=report, env=env)
     checkpoint = Path(str(output) + ".ckpt")
     tracker = Tracker(env.tracking)
     run_id = tracker.start_run(f"{run['dataset']}/{method}/{run['variant']}/{run['group']} · pretrain",
@@ -198,7 +233,8 @@ def pretrain(*, method: str, config: Mapping[str, Any], train_caches: Sequence[s
     tracker.log_params(run_id, {**to_flat_dict(config), "method": method, "seed": seed})
     callbacks = TrainCallbacks(log_metrics=lambda metrics, step: tracker.log_metrics(run_id, metrics, step),
                                checkpoint_path=str(checkpoint),
-                               checkpoint_identity=checkpoint_identity("pretrain", digest(dict(config)), train_caches, seed),
+                               checkpoint_identity=checkpoint_identity("pretrain", digest(dict(config)), train_caches, seed,
+                                                                       features),
                                precision=precision.of_config(config))
     try:
         state = entry.pretrain(view, train_set, resolve_device(env.device), env.weights_dir, callbacks)
@@ -213,7 +249,8 @@ def pretrain(*, method: str, config: Mapping[str, Any], train_caches: Sequence[s
 def train(*, method: str, config: Mapping[str, Any], train_caches: Sequence[str | Path], model_path: str | Path,
           run_info_path: str | Path, run: Mapping[str, str], env: JobEnvironment,
           pretrained_path: str | Path | None = None, seed: int = 0,
-          weights_status: Sequence[str | Path] = (), snapshot_epochs: Sequence[int] = ()) -> None:
+          weights_status: Sequence[str | Path] = (), snapshot_epochs: Sequence[int] = (),
+          features: Mapping[str, Any] | None = None, report: str | Path | None = None) -> None:
     """Fit one model on the cached training features; log the run to MLflow.
 
     ``config``: the training slice of the run's config (without the method's inference
@@ -222,14 +259,13 @@ def train(*, method: str, config: Mapping[str, Any], train_caches: Sequence[str 
     has one. Resumable: the training loop checkpoints next to ``model_path`` and continues
     from the checkpoint when the job is re-run after being killed. ``snapshot_epochs``: the
     scoring weights after these epochs are kept beside the model (:func:`snapshot_path`) for
-    the variants that score a checkpoint (a paper protocol chooses one on test).
+    the variants that score a checkpoint (a paper protocol chooses one on test). ``features``,
+    ``report``: a run without a feature cache extracts them on the fly (:func:`feature_set`).
     """
-    from anodiff.features import load_feature_sets
-
     seed_everything(seed)
     entry = get_method(method)
     view = training_view(entry.config_class, config, entry.inference_keys)
-    train_set = load_feature_sets([Path(p) for p in train_caches])
+    train_set = feature_set(caches=train_caches, features=features, report=report, env=env)
     torch_device = resolve_device(env.device)
     detector = entry.build(view, torch_device, env.weights_dir)
     if entry.has_pretrain:
@@ -245,12 +281,13 @@ def train(*, method: str, config: Mapping[str, Any], train_caches: Sequence[str 
     tracker.log_params(run_id, {**to_flat_dict(config), **_tags(weights_provenance(weights_status)), "method": method,
                                 "seed": seed, "git_commit": git_commit(),
                                 "n_train_images": len(train_set), "device": str(torch_device),
+                                "feature_cache": "none" if uncached(features) else "stored",
                                 "categories": sorted(set(train_set.categories))})
     tracker.log_text(run_id, yaml.safe_dump(dict(config), sort_keys=False), "training_config.yaml")
     checkpoint = Path(str(model_path) + ".ckpt")
     callbacks = TrainCallbacks(log_metrics=lambda metrics, step: tracker.log_metrics(run_id, metrics, step),
                                checkpoint_path=str(checkpoint),
-                               checkpoint_identity=checkpoint_identity("train", training_hash, train_caches, seed),
+                               checkpoint_identity=checkpoint_identity("train", training_hash, train_caches, seed, features),
                                precision=precision.of_config(config),
                                snapshot_epochs=tuple(snapshot_epochs),
                                save_snapshot=lambda epoch, state: atomic_torch_save(
@@ -305,6 +342,7 @@ def load_model(model_path: str | Path, training_hash: str) -> dict[str, Any]:
 
 def link_model(*, method: str, config: Mapping[str, Any], training_hash: str, model_path: str | Path,
                owner_run_info: str | Path, output: str | Path, run: Mapping[str, str], env: JobEnvironment,
+               features: Mapping[str, Any] | None = None, report: str | Path | None = None,
                train_caches: Sequence[str | Path] = (), weights_status: Sequence[str | Path] = ()) -> None:
     """Point a run at the weights it scores (``model_path``, its owner's) instead of copying them.
 
@@ -313,8 +351,6 @@ def link_model(*, method: str, config: Mapping[str, Any], training_hash: str, mo
     pointer holds them with the owner's path and training hash, checked when ``infer`` loads it,
     and whether the networks it scores with were real (``weights_status``), which ``evaluate`` reports.
     """
-    from anodiff.features import load_feature_sets
-
     entry = get_method(method)
     saved = load_model(model_path, training_hash)
     calibration = None
@@ -322,7 +358,8 @@ def link_model(*, method: str, config: Mapping[str, Any], training_hash: str, mo
         detector = entry.build(resolved_config(method, config), resolve_device(env.device), env.weights_dir)
         detector.load_state_dict(scored_state(method, config, saved, model_path))
         with precision.autocast(precision.of_config(config), resolve_device(env.device)):
-            calibration = detector.calibrate(load_feature_sets([Path(p) for p in train_caches]))
+            calibration = detector.calibrate(feature_set(caches=train_caches, features=features, report=report,
+                                                         env=env))
     tracker = Tracker(env.tracking)
     run_id = tracker.start_run(f"{run['dataset']}/{method}/{run['variant']}/{run['group']} · link",
                                {**run, "method": method, "stage": "link", "training_hash": training_hash,
@@ -352,13 +389,15 @@ def load_detector(*, method: str, config: Mapping[str, Any], training_hash: str,
 
 # ----------------------------------------------------------------------------- 3. inference
 def infer(*, method: str, config: Mapping[str, Any], training_hash: str, model_path: str | Path,
-          link_path: str | Path | None, test_cache: str | Path, output: str | Path, env: JobEnvironment) -> None:
-    """Score every test image of one category; write scores, maps and timing (npz)."""
-    from anodiff.features import load_feature_sets
-
+          link_path: str | Path | None, test_cache: str | Path | None, output: str | Path, env: JobEnvironment,
+          features: Mapping[str, Any] | None = None, report: str | Path | None = None) -> None:
+    """Score every test image of one category; write scores, maps and timing (npz). A run
+    without a feature cache (``features``, ``report``) extracts them on the fly (:func:`feature_set`)."""
     detector = load_detector(method=method, config=config, training_hash=training_hash, model_path=model_path,
                              link_path=link_path, env=env)
-    test_set = load_feature_sets([Path(test_cache)])
+    test_set = feature_set(caches=[test_cache] if test_cache else [], features=features, report=report, env=env)
+    if uncached(features):
+        test_cache = f"the test images of {features['categories'][0]} (extracted, no cache)"
     with precision.autocast(precision.of_config(config), resolve_device(env.device)):
         prediction: Prediction = detector.predict(test_set)
     _check_finite(prediction.image_score, f"image scores of {model_path} on {test_cache}")

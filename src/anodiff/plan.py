@@ -69,6 +69,14 @@ class Run:
     shortcuts: tuple[str, ...] = ()  # the paper-protocol shortcuts of its config that read the test set
     checkpoint_epoch: int = 0  # the training snapshot it scores (0 = the final weights)
     snapshot_epochs: tuple[int, ...] = ()  # a training run's snapshots kept for the variants sharing it
+    # "stored": its jobs read the float16 feature cache (cache_features jobs); "none": no cache job,
+    # train / link_model / infer extract the features on the fly from the images (features.cache)
+    feature_cache: str = "stored"
+
+    @property
+    def cached(self) -> bool:
+        """Whether this run's jobs read stored feature caches (else they extract on the fly)."""
+        return self.feature_cache == "stored"
 
     @property
     def protocol(self) -> str:
@@ -257,6 +265,7 @@ def build_plan(config: Mapping[str, Any], repo: Path) -> Plan:
                     owner=variant, pretrain_owner=variant if entry.has_pretrain else None,
                     calibrates=entry.calibrates, nfe=entry.nfe(resolved), shortcuts=shortcuts,
                     checkpoint_epoch=checkpoint,
+                    feature_cache=(settings.get("features") or {}).get("cache", "stored"),
                 ))
     runs = _with_snapshots(_assign_owners(runs))
     by_key = {(r.dataset, r.method, r.variant): r for r in runs}

@@ -7,6 +7,7 @@ rule infer:
     params:
         config=param("config"),
         training_hash=param("training_hash"),
+        features=DATA.test_features,  # features.cache: none: the spec and images it extracts from
     resources:  # anodiff.budget
         **estimated_resources("infer"),
     log:

@@ -8,6 +8,7 @@ rule pretrain:
     params:
         config=param("pretrain_config"),
         seed=config["seed"],
+        features=DATA.train_features,  # features.cache: none: the spec and images it extracts from
     resources:  # anodiff.budget
         **estimated_resources("pretrain"),
     log:
@@ -21,8 +22,9 @@ rule pretrain:
 
 
 rule train:
-    """Fit one model (a category, or all categories when unified) on cached features. Its params
-    are the training slice of the config: an inference-only edit never re-trains."""
+    """Fit one model (a category, or all categories when unified) on cached features (or, with
+    features.cache: none, features extracted from the images on the fly). Its params are the
+    training slice of the config: an inference-only edit never re-trains."""
     input:
         unpack(INPUTS.train),
     output:
@@ -33,6 +35,7 @@ rule train:
         setting=param("setting"),
         seed=config["seed"],
         snapshot_epochs=param("snapshot_epochs"),  # kept for variants that score a checkpoint
+        features=DATA.train_features,  # features.cache: none: the spec and images it extracts from
     resources:  # anodiff.budget
         **estimated_resources("train"),
     log:
@@ -56,6 +59,7 @@ rule link_model:
         config=param("config"),
         training_hash=param("training_hash"),
         setting=param("setting"),
+        features=DATA.train_features,  # (calibration) features.cache: none: what it extracts from
     resources:  # anodiff.budget
         **estimated_resources("link_model"),
     log:

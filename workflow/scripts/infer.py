@@ -8,7 +8,9 @@ infer(
     training_hash=snakemake.params.training_hash,
     model_path=snakemake.input.model,
     link_path=snakemake.input.get("link"),
-    test_cache=snakemake.input.cache,
+    test_cache=snakemake.input.get("cache"),
     output=snakemake.output[0],
     env=JobEnvironment.from_config(snakemake.config),
+    features=snakemake.params.features,
+    report=snakemake.input.get("report"),
 )

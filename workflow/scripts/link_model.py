@@ -14,4 +14,6 @@ link_model(
     env=JobEnvironment.from_config(snakemake.config),
     train_caches=list(snakemake.input.get("caches", [])),
     weights_status=list(snakemake.input.weights),
+    features=snakemake.params.features,
+    report=snakemake.input.get("report"),
 )

@@ -11,4 +11,6 @@ pretrain(
          "group": snakemake.wildcards.group},
     env=JobEnvironment.from_config(snakemake.config),
     seed=snakemake.params.seed,
+    features=snakemake.params.features,
+    report=snakemake.input.get("report"),
 )

@@ -15,4 +15,6 @@ train(
     seed=snakemake.params.seed,
     weights_status=list(snakemake.input.weights),
     snapshot_epochs=list(snakemake.params.snapshot_epochs),
+    features=snakemake.params.features,
+    report=snakemake.input.get("report"),
 )

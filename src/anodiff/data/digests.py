@@ -5,7 +5,10 @@ A job that reads a dataset's files gets, as a param, the digest of exactly those
 
 - ``cache_features``: the images of its (category, split);
 - ``evaluate``: the images and masks of its category's test split;
-- ``fps``: the test images of its run's first category (the ones it times).
+- ``fps``: the test images of its run's first category (the ones it times);
+- ``pretrain``, ``train``, ``link_model`` and ``infer`` of a run without a feature cache
+  (``features.cache: none``): the images they extract features from, with the backbone spec
+  (:meth:`DataDigests.train_features`; a cached run's jobs follow their caches instead).
 
 Snakemake re-runs a job whose params changed, so a replaced, added or removed image re-runs
 its category's feature cache and what follows from it (training for a train image, inference
@@ -67,3 +70,22 @@ class DataDigests:
     def fps(self, w: Any) -> str:
         run = self.inputs.run_of(w)
         return self.split(report_of(run.dataset), run.categories[0], "test")["images"]
+
+    def train_features(self, w: Any) -> dict[str, Any]:
+        """The ``features`` param of a pretrain, train or link_model job (wildcard ``group``)."""
+        run = self.inputs.run_of(w)
+        return self._features(run, run.categories_of(w.group), "train")
+
+    def test_features(self, w: Any) -> dict[str, Any]:
+        """The ``features`` param of an infer job (wildcard ``category``)."""
+        return self._features(self.inputs.run_of(w), [w.category], "test")
+
+    def _features(self, run: Any, categories: list[str] | tuple[str, ...], split: str) -> dict[str, Any]:
+        """``{"cache": "stored"}`` (the job reads caches: its inputs), or for ``cache: none`` what
+        the job extracts: the backbone spec, the split, the categories and their images' digest
+        (a replaced image re-runs the job, as it would re-run a cache)."""
+        if run.cached:
+            return {"cache": "stored"}
+        report = report_of(run.dataset)
+        return {"cache": "none", "spec": self.inputs.plan.feature_specs[run.feature_key], "split": split,
+                "categories": list(categories), "images": {c: self.split(report, c, split)["images"] for c in categories}}
