@@ -77,6 +77,26 @@ def test_a_run_without_a_cache_plans_no_cache_job_and_reads_the_report_and_weigh
     assert source["split"] == "test" and source["categories"] == ["chip"] and source["images"] == {"chip": "unprepared"}
 
 
+@pytest.mark.parametrize("script, function", [("pretrain", "group"), ("train", "train"), ("link_model", "link"),
+                                              ("infer", "infer"), ("fps", "fps")])
+def test_the_job_scripts_read_only_inputs_that_both_kinds_of_run_have(script, function):
+    """A script's ``snakemake.input.<name>`` must exist for a stored and an uncached run alike
+    (the others through ``input.get``): train.py read ``input.caches``, which an uncached run's
+    train job has not, and failed on its first real workflow run."""
+    import ast
+
+    plan = build_plan(config_with({"inversion": {"stored": variant(INVERSION), "none": variant(INVERSION, "none")}}),
+                      REPO)
+    inputs = JobInputs(plan, "resources/weights")
+    given = [set(getattr(inputs, function)(W(dataset="synthetic", method="inversion", variant=name, group="chip",
+                                             category="chip"))) for name in ("stored", "none")]
+    tree = ast.parse((REPO / "workflow" / "scripts" / f"{script}.py").read_text())
+    read = {node.attr for node in ast.walk(tree) if isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Attribute) and node.value.attr == "input"
+            and isinstance(node.value.value, ast.Name) and node.value.value.id == "snakemake"} - {"get"}
+    assert all(read <= names for names in given), (read, given)
+
+
 def test_a_typo_in_features_cache_fails_at_plan_time_naming_the_key():
     with pytest.raises(PlanError, match=r"methods\.patchcore\.a\.features\.cache: 'nnone' is not one of "
                                         r"\['stored', 'none'\]"):
@@ -193,3 +213,87 @@ def test_training_and_inference_without_a_cache_score_as_with_the_stored_cache(p
     # difference of that order
     np.testing.assert_allclose(none["image_score"], stored["image_score"], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(none["anomaly_map"], stored["anomaly_map"], rtol=1e-5, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- the workflow
+def _dry_run_jobs(output: str) -> set[tuple[str, str]]:
+    """(rule, wildcards) of every job a ``snakemake -n`` output lists."""
+    import re
+
+    jobs, rule = set(), None
+    for line in output.splitlines():
+        if match := re.match(r"^(?:local)?rule (\w+):", line):
+            rule = match.group(1)
+            jobs.add((rule, ""))
+        elif rule and (match := re.match(r"^\s+wildcards: (.*)$", line)):
+            jobs.discard((rule, ""))
+            jobs.add((rule, match.group(1)))
+    return jobs
+
+
+@pytest.mark.slow
+def test_a_snakemake_run_without_a_cache_extracts_in_its_own_jobs_and_scores_as_the_cached_variant(tmp_path):
+    """A real workflow run (up to the metrics) of two InversionAD variants differing only in
+    features.cache. They share one training, owned by the first configured: the uncached one, so
+    each of its jobs extracts (train, link_model's calibration on the training set, infer); the
+    stored one scores the same weights, calibrated on and inferring from the float16 caches. No
+    cache job serves the uncached run; both score alike; a second dry run has nothing to do."""
+    import os
+    import subprocess
+    import sys
+
+    import pandas as pd
+
+    from anodiff.metrics import METRIC_NAMES
+
+    overrides = {**INVERSION, "training": {**INVERSION["training"], "epochs": 1, "warmup_epochs": 0}}
+    dataset = {"source": "synthetic", "root": "resources/datasets/synthetic", "categories": ["weave"],
+               "synthetic": {"image_size": 64, "n_train": 8, "n_test_good": 4, "n_test_per_defect": 2, "seed": 0}}
+    config = config_with({"inversion": {"none": variant(overrides, "none"), "stored": variant(overrides)}},
+                         datasets={"synthetic": dataset})
+    config["device"] = "cpu"
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))  # owner: the first
+    plan = build_plan(config, REPO)
+    none, stored = plan.run("synthetic", "inversion", "none"), plan.run("synthetic", "inversion", "stored")
+    assert none.trains and none.calibrates and stored.owner == "none" and stored.links
+    metrics = [paths.fill(paths.METRICS, dataset="synthetic", method="inversion", variant=v, category="weave")
+               for v in ("none", "stored")]
+    # (the meta-device check is another test's: it only sizes resources here)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "ANODIFF_SKIP_ARCHITECTURE_CHECK": "1"}
+
+    def snakemake(*args):
+        done = subprocess.run([sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"),
+                               "--directory", str(tmp_path), *args, *metrics], capture_output=True, text=True,
+                              env=env, timeout=900)
+        assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-6000:]
+        return done.stdout + done.stderr
+
+    jobs = _dry_run_jobs(snakemake("-n"))
+    job = "dataset=synthetic, method=inversion, variant={}, {}=weave"
+    # the uncached run's own jobs, each extracting; the stored run's only caches (no train cache
+    # would be needed by the uncached run alone: the stored run's calibration reads it)
+    assert {("train", job.format("none", "group")), ("link_model", job.format("none", "group")),
+            ("infer", job.format("none", "category")), ("link_model", job.format("stored", "group")),
+            ("infer", job.format("stored", "category"))} <= jobs
+    assert {w for rule, w in jobs if rule == "train"} == {job.format("none", "group")}
+    cache = f"images={plan.images['synthetic']}, spec_key={none.feature_key}, category=weave, split={{}}"
+    assert {w for rule, w in jobs if rule == "cache_features"} == {cache.format("train"), cache.format("test")}
+
+    snakemake("--cores", "2")
+    got = {}
+    for name, path in zip(("none", "stored"), metrics):
+        folder = tmp_path / path.rsplit("/metrics/", 1)[0]
+        got[name] = np.load(folder / "predictions" / "weave.npz"), pd.read_parquet(tmp_path / path)
+        link = json.loads((folder / "models" / "weave.link.json").read_text())
+        assert link["model"] == "results/synthetic/inversion/none/models/weave.pt"
+    (none_saved, none_metrics), (stored_saved, stored_metrics) = got["none"], got["stored"]
+    assert list(none_saved["image_paths"]) == list(stored_saved["image_paths"]) and len(none_saved["image_paths"]) == 12
+    # the tolerance of the job-level test above (a feature differs by one float16 step at most)
+    np.testing.assert_allclose(none_saved["image_score"], stored_saved["image_score"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(none_saved["anomaly_map"], stored_saved["anomaly_map"], rtol=1e-5, atol=1e-6)
+    names = list(METRIC_NAMES)
+    assert np.isfinite(none_metrics[names].to_numpy(float)).all()
+    np.testing.assert_allclose(none_metrics[names].to_numpy(float), stored_metrics[names].to_numpy(float),
+                               rtol=1e-5, atol=1e-6)
+    assert "Nothing to be done" in snakemake("-n")

@@ -5,7 +5,7 @@ setup_job(snakemake.log[0], snakemake.threads)
 pretrain(
     method=snakemake.wildcards.method,
     config=snakemake.params.config,
-    train_caches=list(snakemake.input.caches),
+    train_caches=list(snakemake.input.get("caches", [])),  # none without a cache (report)
     output=snakemake.output[0],
     run={"dataset": snakemake.wildcards.dataset, "variant": snakemake.wildcards.variant,
          "group": snakemake.wildcards.group},

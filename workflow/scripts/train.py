@@ -6,7 +6,7 @@ w = snakemake.wildcards
 train(
     method=w.method,
     config=snakemake.params.config,
-    train_caches=list(snakemake.input.caches),
+    train_caches=list(snakemake.input.get("caches", [])),  # none without a cache (report)
     model_path=snakemake.output.model,
     run_info_path=snakemake.output.run_info,
     run={"dataset": w.dataset, "variant": w.variant, "group": w.group, "setting": snakemake.params.setting},
