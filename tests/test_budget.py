@@ -90,7 +90,10 @@ def test_the_budget_counts_the_jobs_the_workflow_schedules():
     rows = {r["kind"]: r for r in budget.budget_rows(budget.Estimator(plan, fake_record(plan)))}
     computed = [r for r in plan.runs.values() if not r.selects]  # select_on_test runs compute nothing
     trains = sum(len(r.groups) for r in computed if r.trains)
-    infers = sum(len(r.categories) for r in computed)
+    infers = sum(len(r.categories) for r in computed if plan.scorer(r) is None)
+    scorings = sum(len(r.categories) for r in plan.runs.values() if plan.scored_candidates(r))
+    assert scorings and infers < sum(len(r.categories) for r in computed)  # the demo's DiAD checkpoint
+    assert rows["score_candidates"]["jobs"] == scorings
     caches = len({(plan.images[r.dataset], r.feature_key, c, s) for r in plan.runs.values() if not r.selects
                   for c in r.categories for s in ("train", "test")})
     assert rows["train"]["jobs"] == trains and rows["infer"]["jobs"] == infers

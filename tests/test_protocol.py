@@ -388,3 +388,87 @@ def test_diad_paper_protocol_keeps_the_snapshot_with_the_best_mean_test_auroc_af
     chosen = pd.read_parquet(out).set_index("category").loc["a"]
     assert chosen.selected_variant == max(means, key=means.get) and chosen.protocol == "paper"
     assert chosen.image_auroc >= 0.5  # flipped
+
+
+# ----------------------------------------------------------------------------- candidates in one job
+def test_candidates_scored_in_one_job_equal_their_own_infer_and_evaluate_jobs(tmp_path):
+    """score_candidates (a paper protocol's unprinted candidates, one job per category) writes,
+    per candidate, the metrics row its own link_model, infer and evaluate jobs would: here two
+    InversionAD inference settings of one trained model, each calibrated on the training set."""
+    from anodiff.methods import REGISTRY
+    from anodiff.pipeline import (Candidate, JobEnvironment, cache_features, evaluate, infer, link_model,
+                                  prepare_dataset, score_candidates, train)
+    from test_precision import _config as tiny_config_of
+
+    category, evaluation = "weave", {"resolution": 16, "mask_area_threshold": 0.5, "aupro_fpr_limit": 0.3}
+    env = JobEnvironment.from_config({"device": "cpu", "weights_dir": str(tmp_path / "weights"), "experiment": "e",
+                                      "mlflow": {"tracking_uri": f"sqlite:///{tmp_path}/mlflow.db",
+                                                 "artifact_location": str(tmp_path / "artifacts")}})
+    report = tmp_path / "validation.json"
+    prepare_dataset(dataset="synthetic", dataset_config={
+        "source": "synthetic", "root": str(tmp_path / "synthetic"), "categories": [category],
+        "synthetic": {"image_size": 32, "n_train": 8, "n_test_good": 3, "n_test_per_defect": 2, "seed": 0}},
+        report_path=report)
+    owner = dataclasses.asdict(tiny_config_of("inversion"))
+    spec = dataclasses.asdict(REGISTRY["inversion"].feature_spec(tiny_config_of("inversion")))
+    caches = {split: tmp_path / f"{split}.safetensors" for split in ("train", "test")}
+    for split, path in caches.items():
+        cache_features(spec=spec, report=report, category=category, split=split, output=path, env=env, batch_size=8)
+    model, run_info = tmp_path / "model.pt", tmp_path / "run.json"
+    run = {"dataset": "synthetic", "method": "inversion", "setting": "per_class"}
+    train(method="inversion", config=owner, train_caches=[caches["train"]], model_path=model, run_info_path=run_info,
+          run={**run, "variant": "owner", "group": category}, env=env)
+    training_hash = REGISTRY["inversion"].training_hash(owner)
+
+    candidates, own_rows = [], {}
+    for steps in (2, 3):
+        variant, config = f"s{steps}", deep_merge(owner, {"inference": {"num_inversion_steps": steps}})
+        link = tmp_path / f"{variant}.link.json"
+        link_model(method="inversion", config=config, training_hash=training_hash, model_path=model,
+                   owner_run_info=run_info, output=link, run={**run, "variant": variant, "group": category}, env=env,
+                   train_caches=[caches["train"]])
+        infer(method="inversion", config=config, training_hash=training_hash, model_path=model, link_path=link,
+              test_cache=caches["test"], output=tmp_path / f"{variant}.npz", env=env)
+        evaluate(predictions=tmp_path / f"{variant}.npz", report=report, category=category,
+                 output=tmp_path / f"{variant}.parquet", run_info=link, run={**run, "variant": variant}, env=env,
+                 evaluation=evaluation, config=config, paper_protocol="")
+        own_rows[variant] = pd.read_parquet(tmp_path / f"{variant}.parquet").iloc[0]
+        candidates.append(Candidate(run={**run, "variant": variant}, config=config, training_hash=training_hash,
+                                    protocol_text="", model_path=model, run_info=link, link_path=link,
+                                    test_cache=caches["test"]))
+    together = score_candidates(candidates=candidates, report=report, category=category,
+                                output=tmp_path / "candidates.parquet", env=env, evaluation=evaluation)
+    assert together.variant.tolist() == ["s2", "s3"]
+    assert pd.read_parquet(tmp_path / "candidates.parquet").equals(together)
+    metrics = ["image_auroc", "image_ap", "image_f1max", "pixel_auroc", "pixel_ap", "pixel_f1max", "aupro", "mad"]
+    for _, row in together.iterrows():
+        own = own_rows[row.variant]
+        assert row[metrics].astype(float).tolist() == pytest.approx(own[metrics].astype(float).tolist(), abs=1e-9)
+        assert (row.protocol, row.n_test_images, row.category) == (own.protocol, own.n_test_images, own.category)
+        assert row.mlflow_run_id != own.mlflow_run_id  # its own nested MLflow evaluate run
+
+
+def test_the_plan_scores_unprinted_candidates_together_and_reads_their_rows():
+    """The demo's DiAD paper protocol chooses between its epoch-30 snapshot (printed nowhere)
+    and its printed final model: the snapshot has no infer, evaluate, fps or figure job of its
+    own; one score_candidates job per category scores it, and the selection, the metric table
+    and its metrics all read that job's file."""
+    plan = build_plan(demo_config(), REPO)
+    inputs = JobInputs(plan, "resources/weights")
+    selecting = plan.run("synthetic", "diad", "demo-paper")
+    snapshot, final = plan.run("synthetic", "diad", "demo-ep30"), plan.run("synthetic", "diad", "demo")
+    assert plan.scorer(snapshot) is selecting and plan.scorer(final) is None
+    assert plan.scored_candidates(selecting) == [snapshot] and plan.scored_candidates(final) == []
+    assert not plan.summarises(snapshot) and plan.summarises(final)
+    category = selecting.categories[0]
+    w = type("W", (), {"dataset": "synthetic", "method": "diad", "variant": "demo-paper", "category": category})
+    job = inputs.score_candidates(w)
+    assert job["demo-ep30/model"] == "results/synthetic/diad/demo/models/unified.pt"  # its owner's weights
+    assert job["demo-ep30/run_info"] == job["demo-ep30/link"] and job["report"].endswith("validation.json")
+    assert set(plan.candidate_params("synthetic", "diad", "demo-paper")) == {"demo-ep30"}
+    candidates_file = f"results/synthetic/diad/demo-paper/candidates/{category}.parquet"
+    assert candidates_file in inputs.selection(w) and f"results/synthetic/diad/demo/metrics/{category}.parquet" in \
+        inputs.selection(w)
+    metric_files = inputs.aggregate(None)["metrics"]
+    assert candidates_file in metric_files and len(metric_files) == len(set(metric_files))
+    assert not any("/demo-ep30/" in f for f in metric_files + inputs.all_outputs())

@@ -57,6 +57,7 @@ FLOORS: dict[str, dict[str, int]] = {
     "train": {"mem_mb": 64000, "runtime": 720, "gpu_mem_mb": 16000},
     "link_model": {"mem_mb": 32000, "runtime": 120, "gpu_mem_mb": 8000},
     "infer": {"mem_mb": 32000, "runtime": 240, "gpu_mem_mb": 8000},
+    "score_candidates": {"mem_mb": 32000, "runtime": 240, "gpu_mem_mb": 8000},  # as infer (ours)
     "fps": {"mem_mb": 32000, "runtime": 60, "gpu_mem_mb": 8000},
 }
 MAX_RUNTIME = 48 * 60  # minutes; longer trainings resume from their checkpoint on retry
@@ -229,6 +230,12 @@ class Estimator:
             gpu_bytes=1.5 * GIB + arch["param_bytes"] + 0.25 * batch * arch["activation_bytes_per_image"],
             disk_bytes=maps)
 
+    def score_candidates(self, run: Run, category: str) -> Estimate:
+        """A select_on_test run's candidates on one category, one after another (no predictions kept)."""
+        each = [self.infer(c, category) for c in self.plan.scored_candidates(run)]
+        return Estimate("score_candidates", flops=sum(e.flops for e in each), mem_bytes=max(e.mem_bytes for e in each),
+                        gpu_bytes=max(e.gpu_bytes for e in each), known=all(e.known for e in each))
+
     def cache_features(self, dataset: str, spec_key: str, category: str, split: str) -> Estimate:
         n = self.images(dataset, [category], split)
         f = self.feature_bytes(spec_key)
@@ -297,6 +304,8 @@ class Estimator:
             return self.link_model(run, w["group"])
         if kind == "infer":
             return self.infer(run, w["category"])
+        if kind == "score_candidates":
+            return self.score_candidates(run, w["category"])
         if kind == "fps":
             return self.fps(run)
         raise ValueError(f"no resource estimate for rule {kind!r}")
@@ -318,13 +327,16 @@ class Estimator:
                     yield "train", self.train(run, group)
                 if run.links:
                     yield "link_model", self.link_model(run, group)
-            for category in run.categories:
+            for category in run.categories if plan.scorer(run) is None else ():  # else scored with its protocol's
                 yield "infer", self.infer(run, category)
             if plan.summarises(run):  # its one fps (the metric table shows it); not a paper protocol's candidates
                 yield "fps", self.fps(run)
+        for run in plan.runs.values():
+            for category in run.categories if plan.scored_candidates(run) else ():
+                yield "score_candidates", self.score_candidates(run, category)
 
 
-KINDS = ("cache_features", "pretrain", "train", "link_model", "infer", "fps")
+KINDS = ("cache_features", "pretrain", "train", "link_model", "infer", "score_candidates", "fps")
 
 
 def budget_rows(estimator: Estimator) -> list[dict[str, Any]]:

@@ -9,6 +9,7 @@ return paths relative to the working directory. Pure Python over :mod:`anodiff.p
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any, Iterable
 
 from anodiff import paths
@@ -32,11 +33,19 @@ def caches(plan: Plan, run: Run, categories: Iterable[str], split: str) -> list[
                        split=split) for c in categories]
 
 
-def metrics_of(runs: Iterable[Run]) -> list[str]:
-    """The metrics of ``runs``: each category's evaluation, or a select_on_test run's one file
-    (a row per category)."""
-    return [f for run in runs for f in ([at(paths.SELECTED_METRICS, run)] if run.selects else
-                                        [at(paths.METRICS, run, category=c) for c in run.categories])]
+def metrics_of(plan: Plan, runs: Iterable[Run]) -> list[str]:
+    """The files holding the metrics rows of ``runs``, each once: every category's evaluation,
+    a select_on_test run's one file (a row per category), or, for a candidate scored with the
+    others of its paper protocol, every category's candidates file of the run that scores it."""
+    found: dict[str, None] = {}
+    for run in runs:
+        scorer = plan.scorer(run)
+        if run.selects:
+            found[at(paths.SELECTED_METRICS, run)] = None
+        for category in run.categories if not run.selects else ():
+            found[at(paths.CANDIDATE_METRICS, scorer, category=category) if scorer else
+                  at(paths.METRICS, run, category=category)] = None
+    return list(found)
 
 
 def predictions_of(runs: Iterable[Run]) -> list[str]:
@@ -126,24 +135,34 @@ class JobInputs:
     def selection(self, w: Any) -> list[str]:
         """Every category's metrics of the candidates a paper-protocol run chooses among."""
         run = self.run_of(w)
-        return [at(paths.METRICS, run, variant, category=c) for variant in run.selects for c in run.categories]
+        return metrics_of(self.plan, [self.plan.run(run.dataset, run.method, v) for v in run.selects])
+
+    def score_candidates(self, w: Any) -> Inputs:
+        """Per candidate this paper-protocol run scores on one category (``Plan.scored_candidates``),
+        what its infer and evaluate jobs would read, named ``<variant>/<input>``; and the test set."""
+        inputs: Inputs = {"report": report_of(w.dataset)}
+        for candidate in self.plan.scored_candidates(self.run_of(w)):
+            cw = SimpleNamespace(dataset=w.dataset, method=w.method, variant=candidate.variant, category=w.category)
+            inputs.update({f"{candidate.variant}/{name}": path for name, path in self.infer(cw).items()})
+            inputs[f"{candidate.variant}/run_info"] = run_info_of(candidate, w.category)
+        return inputs
 
     def run_figures(self, w: Any) -> Inputs:
         """Its predictions (the map grid), its metrics (the chart; the rows say whether the
         networks were real) and its test images (the report)."""
         run = self.run_of(w)
-        return {"predictions": predictions_of([run]), "metrics": metrics_of([run]), "report": report_of(w.dataset)}
+        return {"predictions": predictions_of([run]), "metrics": metrics_of(self.plan, [run]), "report": report_of(w.dataset)}
 
     def aggregate(self, w: Any) -> Inputs:
         """The metric table: every run's metrics and speed."""
         runs = self.plan.runs.values()
-        return {"metrics": metrics_of(runs), "fps": [at(paths.FPS, r) for r in runs if self.plan.summarises(r)]}
+        return {"metrics": metrics_of(self.plan, runs), "fps": [at(paths.FPS, r) for r in runs if self.plan.summarises(r)]}
 
     def table(self, w: Any) -> Inputs:
         table_id = f"{w.paper}/{w.table}"
         runs = self.plan.table_runs(table_id)
         fps = [at(paths.FPS, r) for r in runs if self.plan.summarises(r)] if table_id in self.plan.speed_tables else []
-        return {"metrics": metrics_of(runs), "fps": fps}
+        return {"metrics": metrics_of(self.plan, runs), "fps": fps}
 
     def figure(self, w: Any) -> Inputs:
         """Per kind, exactly what the figure draws: metrics (sweep; tradeoff adds fps), predictions, or
@@ -153,7 +172,7 @@ class JobInputs:
         inputs = {"metrics": [], "fps": [], "predictions": [], "tables": [], "report": report_of(runs[0].dataset),
                   "weights": self.weights_status(sorted({k for r in runs for k in r.weights}))}
         if figure["kind"] in ("sweep", "tradeoff"):
-            inputs["metrics"] = metrics_of(runs)
+            inputs["metrics"] = metrics_of(self.plan, runs)
         if figure["kind"] == "tradeoff":
             inputs["fps"] = [at(paths.FPS, r) for r in runs if self.plan.summarises(r)]
         if figure["kind"] == "histogram":

@@ -34,6 +34,9 @@ LINK = RUN_DIR + "/models/{group}.link.json"
 PREDICTIONS = RUN_DIR + "/predictions/{category}.npz"
 METRICS = RUN_DIR + "/metrics/{category}.parquet"
 SELECTED_METRICS = RUN_DIR + "/selected.parquet"  # a paper-protocol run chosen on test: a row per category
+# a paper-protocol run's candidates that no table or figure prints, scored on one category in one
+# job: a metrics row per candidate (anodiff.plan.Plan.scorer)
+CANDIDATE_METRICS = RUN_DIR + "/candidates/{category}.parquet"
 FPS = "results/fps/{dataset}/{method}/{variant}.parquet"
 METRIC_TABLE = "results/tables/metrics.parquet"
 METRIC_MARKDOWN = "results/tables/metrics.md"
@@ -56,7 +59,8 @@ BENCHMARKS = "results/benchmarks"
 # specific templates first, since a group name never holds a dot
 PRODUCERS = (
     (PRETRAINED, "pretrain"), (LINK, "link_model"), (MODEL_RUN_INFO, "train"), (MODEL, "train"),
-    (FEATURE_CACHE, "cache_features"), (PREDICTIONS, "infer"), (METRICS, "evaluate"), (SELECTED_METRICS, "select_on_test"), (FPS, "fps"),
+    (FEATURE_CACHE, "cache_features"), (PREDICTIONS, "infer"), (METRICS, "evaluate"), (SELECTED_METRICS, "select_on_test"),
+    (CANDIDATE_METRICS, "score_candidates"), (FPS, "fps"),
     (VALIDATION_REPORT, "prepare_dataset"), (METRIC_TABLE, "aggregate"), (PAPER_TABLE, "paper_table"),
     (TRACKING_STAMP, "init_tracking"), (WEIGHTS_STATUS, "fetch_weights"),
 )

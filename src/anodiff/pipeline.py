@@ -29,7 +29,7 @@ from anodiff.config import digest, from_dict, restricted_view, to_flat_dict, tra
 from anodiff.data import mvtec, prepare
 from anodiff.files import load_npz, load_torch, read_json, read_parquet
 from anodiff.methods import get_method
-from anodiff.methods.base import Prediction, TrainCallbacks
+from anodiff.methods.base import FeatureSet, Prediction, TrainCallbacks
 from anodiff.methods.spec import FeatureSpec
 from anodiff.evaluation import EvaluationProtocol, evaluate_predictions
 from anodiff.metrics import METRIC_NAMES
@@ -393,6 +393,28 @@ def infer(*, method: str, config: Mapping[str, Any], training_hash: str, model_p
           features: Mapping[str, Any] | None = None, report: str | Path | None = None) -> None:
     """Score every test image of one category; write scores, maps and timing (npz). A run
     without a feature cache (``features``, ``report``) extracts them on the fly (:func:`feature_set`)."""
+    prediction, test_set = predict_category(method=method, config=config, training_hash=training_hash,
+                                            model_path=model_path, link_path=link_path, test_cache=test_cache,
+                                            env=env, features=features, report=report)
+    with atomic_path(output) as tmp:
+        with open(tmp, "wb") as handle:
+            np.savez_compressed(
+                handle,
+                image_score=prediction.image_score.astype(np.float64),
+                anomaly_map=prediction.anomaly_map.astype(np.float32),
+                labels=test_set.labels,
+                image_paths=np.array(test_set.image_paths),
+                defect_types=np.array(test_set.defect_types),
+                **{f"extra_{k}": np.asarray(v) for k, v in prediction.extras.items()},
+            )
+
+
+def predict_category(*, method: str, config: Mapping[str, Any], training_hash: str, model_path: str | Path,
+                     link_path: str | Path | None, test_cache: str | Path | None, env: JobEnvironment,
+                     features: Mapping[str, Any] | None = None,
+                     report: str | Path | None = None) -> tuple[Prediction, FeatureSet]:
+    """A run's prediction on one category's test set (its cache, or extracted on the fly),
+    checked to be finite and of the expected shapes, and that test set."""
     detector = load_detector(method=method, config=config, training_hash=training_hash, model_path=model_path,
                              link_path=link_path, env=env)
     test_set = feature_set(caches=[test_cache] if test_cache else [], features=features, report=report, env=env)
@@ -406,17 +428,7 @@ def infer(*, method: str, config: Mapping[str, Any], training_hash: str, model_p
     if prediction.anomaly_map.shape != expected or prediction.image_score.shape != (len(test_set),):
         raise ValueError(f"method returned maps {prediction.anomaly_map.shape} and scores "
                          f"{prediction.image_score.shape}; expected maps {expected}")
-    with atomic_path(output) as tmp:
-        with open(tmp, "wb") as handle:
-            np.savez_compressed(
-                handle,
-                image_score=prediction.image_score.astype(np.float64),
-                anomaly_map=prediction.anomaly_map.astype(np.float32),
-                labels=test_set.labels,
-                image_paths=np.array(test_set.image_paths),
-                defect_types=np.array(test_set.defect_types),
-                **{f"extra_{k}": np.asarray(v) for k, v in prediction.extras.items()},
-            )
+    return prediction, test_set
 
 
 def _check_finite(values: np.ndarray, what: str) -> None:
@@ -431,30 +443,45 @@ def evaluate(*, predictions: str | Path, report: str | Path, category: str, outp
              run_info: str | Path, run: Mapping[str, str], env: JobEnvironment, evaluation: Mapping[str, Any],
              config: Mapping[str, Any] | None = None, paper_protocol: str = "") -> None:
     """Compute every metric of one category under the evaluation protocol (``evaluation``: the
-    config section, :mod:`anodiff.evaluation`); write a one-row parquet; log a nested run.
+    config section, :mod:`anodiff.evaluation`); write a one-row parquet; log a nested run
+    (:func:`metrics_row`)."""
+    saved = load_npz(predictions)
+    row, tracker = metrics_row(scores=saved, source=predictions, report=report, category=category, run_info=run_info,
+                               run=run, env=env, evaluation=evaluation, config=config, paper_protocol=paper_protocol)
+    with atomic_path(output) as tmp:
+        pd.DataFrame([row]).to_parquet(tmp, index=False)
+    tracker.log_artifact(row["mlflow_run_id"], Path(output))
+    tracker.end_run(row["mlflow_run_id"])
+
+
+def metrics_row(*, scores: Mapping[str, np.ndarray], source: str | Path, report: str | Path, category: str,
+                run_info: str | Path, run: Mapping[str, str], env: JobEnvironment, evaluation: Mapping[str, Any],
+                config: Mapping[str, Any] | None = None, paper_protocol: str = "") -> tuple[dict[str, Any], Tracker]:
+    """Every metric of one category's ``scores`` (``labels``, ``image_score``, ``anomaly_map``,
+    ``image_paths``: an infer job's npz or a prediction in memory, ``source`` naming it) as a
+    metrics row, logged to a new MLflow run nested under ``run_info``'s, left open (its id is
+    the row's ``mlflow_run_id``).
 
     ``run``: dataset, method, variant and setting (the row's keys and MLflow tags); the row
-    also names its MLflow run (``mlflow_run_id``), which the paper-table jobs tag, and says
-    whether the run's pretrained networks were real (``pretrained_weights``, ``random_weights``,
-    as ``run_info``, the scored model's train or link record, says). ``config``: the run's resolved
-    config, logged with the run (params and a YAML artifact) beside the test set it read.
-    ``paper_protocol``: what the run's paper-protocol shortcuts do (``Run.protocol_text``; its
-    predictions read the test set before scoring); empty for an honest run. The row, the
-    MLflow run and every table cell of it then say ``protocol = paper``.
+    says whether the run's pretrained networks were real (``pretrained_weights``,
+    ``random_weights``, as ``run_info``, the scored model's train or link record, says).
+    ``config``: the run's resolved config, logged with the run (params and a YAML artifact)
+    beside the test set it read. ``paper_protocol``: what the run's paper-protocol shortcuts do
+    (``Run.protocol_text``; its predictions read the test set before scoring); empty for an
+    honest run. The row, the MLflow run and every table cell of it then say ``protocol = paper``.
     """
     config = config or {}
-    saved = load_npz(predictions)
     root = dataset_root(report)
     samples = mvtec.list_samples(root, category, "test")
     paths = [str(s.image_path) for s in samples]
-    if paths != [str(p) for p in saved["image_paths"]]:
-        raise ValueError(f"{predictions} does not match the test set of {root}/{category}: "
+    if paths != [str(p) for p in scores["image_paths"]]:
+        raise ValueError(f"{source} does not match the test set of {root}/{category}: "
                          "the dataset changed since inference; re-run the workflow")
     protocol = EvaluationProtocol.from_config(evaluation)
     try:
-        metrics = evaluate_predictions(saved["labels"], saved["image_score"], saved["anomaly_map"], samples, protocol)
+        metrics = evaluate_predictions(scores["labels"], scores["image_score"], scores["anomaly_map"], samples, protocol)
     except (ValueError, FloatingPointError) as error:
-        raise type(error)(f"{predictions}: {error}") from error
+        raise type(error)(f"{source}: {error}") from error
     provenance = recorded_provenance(run_info)
     tracker = Tracker(env.tracking)
     run_id = tracker.start_run(f"{run['dataset']}/{run['method']}/{run['variant']}/{category} · evaluate",
@@ -465,12 +492,10 @@ def evaluate(*, predictions: str | Path, report: str | Path, category: str, outp
     row = {**run, **provenance, "protocol": "paper" if paper_protocol else "honest",
            **({"paper_protocol": paper_protocol} if paper_protocol else {}),
            "category": category, "precision": precision.of_config(config), "n_test_images": len(samples),
-           "n_anomalous": int(saved["labels"].sum()), **metrics,
+           "n_anomalous": int(np.asarray(scores["labels"]).sum()), **metrics,
            "device": _device_name(),
-           "map_size": int(saved["anomaly_map"].shape[-1]), "eval_resolution": protocol.resolution,
+           "map_size": int(scores["anomaly_map"].shape[-1]), "eval_resolution": protocol.resolution,
            "evaluation": protocol.describe(), "mlflow_run_id": run_id}
-    with atomic_path(output) as tmp:
-        pd.DataFrame([row]).to_parquet(tmp, index=False)
     tracker.log_params(run_id, {**to_flat_dict(config), **_tags(provenance), **protocol.as_params(),
                                 "n_test_images": len(samples),
                                 "n_anomalous": row["n_anomalous"], "map_size": row["map_size"]})
@@ -479,8 +504,51 @@ def evaluate(*, predictions: str | Path, report: str | Path, category: str, outp
     tracker.log_dataset(run_id, f"{run['dataset']}/{category}/test", f"{test_digest['images']}-{test_digest['masks']}",
                         str(root / category), context="test")
     tracker.log_metrics(run_id, metrics)
-    tracker.log_artifact(run_id, Path(output))
-    tracker.end_run(run_id)
+    return row, tracker
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One candidate a ``score_candidates`` job scores: its run (``run``: dataset, method,
+    variant, setting), resolved config and what its infer and evaluate jobs would have read."""
+
+    run: Mapping[str, str]
+    config: Mapping[str, Any]
+    training_hash: str
+    protocol_text: str
+    model_path: str | Path
+    run_info: str | Path
+    link_path: str | Path | None = None
+    test_cache: str | Path | None = None
+    features: Mapping[str, Any] | None = None
+
+
+def score_candidates(*, candidates: Sequence[Candidate], report: str | Path, category: str, output: str | Path,
+                     env: JobEnvironment, evaluation: Mapping[str, Any]) -> pd.DataFrame:
+    """A paper protocol's candidates that no table or figure prints, on one category, in one job
+    (``anodiff.plan.Plan.scorer``; DiAD's 39 checkpoints): each one's prediction
+    (:func:`predict_category`, as its infer job would) and metrics row with its MLflow run
+    (:func:`metrics_row`, as its evaluate job would), one after the other; the rows, in one
+    parquet, are what ``select_on_test`` chooses among. The predictions are not kept."""
+    rows = []
+    for number, candidate in enumerate(candidates, 1):
+        log.info("candidate %d/%d: %s on %s", number, len(candidates), candidate.run["variant"], category)
+        prediction, test_set = predict_category(
+            method=candidate.run["method"], config=candidate.config, training_hash=candidate.training_hash,
+            model_path=candidate.model_path, link_path=candidate.link_path, test_cache=candidate.test_cache,
+            env=env, features=candidate.features, report=report)
+        scores = {"labels": test_set.labels, "image_score": prediction.image_score.astype(np.float64),
+                  "anomaly_map": prediction.anomaly_map.astype(np.float32), "image_paths": test_set.image_paths}
+        row, tracker = metrics_row(scores=scores, source=f"{candidate.run['variant']}'s prediction", report=report,
+                                   category=category, run_info=candidate.run_info, run=candidate.run, env=env,
+                                   evaluation=evaluation, config=candidate.config,
+                                   paper_protocol=candidate.protocol_text)
+        tracker.end_run(row["mlflow_run_id"])
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    with atomic_path(output) as tmp:
+        table.to_parquet(tmp, index=False)
+    return table
 
 
 AUROC_METRICS = ("image_auroc", "pixel_auroc")  # what DiAD's official evaluation flips below 0.5
@@ -501,10 +569,11 @@ def flipped_auroc(rows: pd.DataFrame) -> pd.DataFrame:
 
 def select_on_test(*, candidate_files: Sequence[str | Path], select_by: str, output: str | Path,
                    run: Mapping[str, str], env: JobEnvironment, per: str = "category",
-                   flip_auroc: bool = False) -> pd.DataFrame:
+                   flip_auroc: bool = False, variants: Sequence[str] = ()) -> pd.DataFrame:
     """A paper-protocol run's rows, one per category, each chosen among candidates on the TEST set.
 
-    ``candidate_files``: metrics rows of the candidate variants (every category of each).
+    ``candidate_files``: metrics rows of the candidate ``variants`` (every category of each; all
+    variants of the files, in their order, if not given; a candidates file may hold others too).
     ``per = category``: each category takes the candidate with its highest ``select_by``, as
     papers choose a hyper-parameter per category (InversionAD's "Ours*"); ``per = run``: every
     category takes the candidate with the highest mean over the categories, one choice for all
@@ -515,9 +584,13 @@ def select_on_test(*, candidate_files: Sequence[str | Path], select_by: str, out
     candidates = pd.concat([read_parquet(p, "metrics") for p in candidate_files], ignore_index=True)
     if select_by not in candidates:
         raise ValueError(f"select_on_test.by: {select_by!r} is not a metric of {list(candidate_files)}")
+    variants = list(variants) or list(dict.fromkeys(candidates.variant))  # candidate order: ties go to the first
+    missing = sorted(set(variants) - set(candidates.variant))
+    if missing:
+        raise ValueError(f"no metrics of the candidates {missing} in {list(candidate_files)}; re-run the workflow")
+    candidates = candidates[candidates.variant.isin(variants)]
     if flip_auroc:
         candidates = flipped_auroc(candidates)
-    variants = list(dict.fromkeys(candidates.variant))  # candidate order: ties go to the first
     ranked = candidates.set_index(["variant", "category"])
     categories = list(dict.fromkeys(candidates.category))
     if per == "run":

@@ -172,6 +172,33 @@ class Plan:
         chosen on test); what they are reported through is the selecting run's row."""
         return not run.selects and (run.dataset, run.method, run.variant) not in self._candidates_only
 
+    @cached_property
+    def _scorers(self) -> dict[tuple[str, str, str], Run]:
+        found: dict[tuple[str, str, str], Run] = {}
+        for run in self.runs.values():
+            for variant in run.selects:
+                if (run.dataset, run.method, variant) in self._candidates_only:
+                    found.setdefault((run.dataset, run.method, variant), run)
+        return found
+
+    def scorer(self, run: Run) -> Run | None:
+        """The select_on_test run whose ``score_candidates`` jobs score ``run`` (a candidate no
+        table or figure prints; the first run that selects it), or None: its own infer and
+        evaluate jobs score it. One job per category then scores all such candidates of a paper
+        protocol (DiAD's 39 checkpoints) instead of an infer and an evaluate job per candidate."""
+        return self._scorers.get((run.dataset, run.method, run.variant))
+
+    def candidate_params(self, dataset: str, method: str, variant: str) -> dict[str, dict[str, Any]]:
+        """The params of a select_on_test run's score_candidates jobs: per candidate it scores,
+        what its infer and evaluate jobs would get (config, training hash, setting, protocol text)."""
+        return {c.variant: {"config": c.config, "training_hash": c.training_hash, "setting": c.setting,
+                            "protocol_text": c.protocol_text}
+                for c in self.scored_candidates(self.run(dataset, method, variant))}
+
+    def scored_candidates(self, run: Run) -> list[Run]:
+        """The candidates a select_on_test run's ``score_candidates`` jobs score, in its order."""
+        return [c for c in (self.run(run.dataset, run.method, v) for v in run.selects) if self.scorer(c) is run]
+
 
 def images_key(dataset: str, dataset_config: Mapping[str, Any]) -> str:
     """What a dataset's feature caches are keyed by: its source images, not its configured name.

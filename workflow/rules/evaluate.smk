@@ -20,6 +20,31 @@ rule evaluate:
         "../scripts/evaluate.py"
 
 
+rule score_candidates:
+    """A paper protocol's candidates that no table or figure prints (DiAD's 39 checkpoints), on
+    one category in one job: each one's inference and metrics, as its infer and evaluate jobs
+    would; the rows select_on_test chooses among (anodiff.plan.Plan.scorer)."""
+    input:
+        unpack(INPUTS.score_candidates),
+    output:
+        paths.CANDIDATE_METRICS,
+    params:
+        candidates=of_wildcards(lambda w: PLAN.candidate_params(w.dataset, w.method, w.variant)),
+        evaluation=config["evaluation"],
+        data=DATA.evaluate,  # its test images and masks
+        features=DATA.candidate_features,  # features.cache: none: what each candidate extracts from
+    resources:  # anodiff.budget
+        **estimated_resources("score_candidates"),
+    log:
+        paths.log("score_candidates", "{dataset}/{method}/{variant}/{category}"),
+    benchmark:
+        paths.benchmark("score_candidates", "{dataset}/{method}/{variant}/{category}")
+    conda:
+        ENV
+    script:
+        "../scripts/score_candidates.py"
+
+
 rule select_on_test:
     """A paper-protocol run: on each category, the candidate variant with the best TEST metric
     (the papers' per-category choices, e.g. InversionAD's "Ours*"), or the best by the mean over
@@ -33,6 +58,7 @@ rule select_on_test:
         select_by=param("select_by"),
         per=param("select_per"),
         flip_auroc=param("flip_auroc"),
+        variants=of_wildcards(lambda w: list(PLAN.run(w.dataset, w.method, w.variant).selects)),
     log:
         paths.log("select_on_test", "{dataset}/{method}/{variant}"),
     benchmark:

@@ -11,4 +11,5 @@ select_on_test(
     env=JobEnvironment.from_config(snakemake.config),
     per=snakemake.params.per,
     flip_auroc=snakemake.params.flip_auroc,
+    variants=snakemake.params.variants,
 )

@@ -4,7 +4,7 @@ A job that reads a dataset's files gets, as a param, the digest of exactly those
 (:func:`anodiff.data.mvtec.split_manifest`: paths, labels, sizes, modification times):
 
 - ``cache_features``: the images of its (category, split);
-- ``evaluate``: the images and masks of its category's test split;
+- ``evaluate`` and ``score_candidates``: the images and masks of its category's test split;
 - ``fps``: the test images of its run's first category (the ones it times);
 - ``pretrain``, ``train``, ``link_model`` and ``infer`` of a run without a feature cache
   (``features.cache: none``): the images they extract features from, with the backbone spec
@@ -79,6 +79,11 @@ class DataDigests:
     def test_features(self, w: Any) -> dict[str, Any]:
         """The ``features`` param of an infer job (wildcard ``category``)."""
         return self._features(self.inputs.run_of(w), [w.category], "test")
+
+    def candidate_features(self, w: Any) -> dict[str, dict[str, Any]]:
+        """The ``features`` param of a score_candidates job: each candidate's, as its infer job's."""
+        run = self.inputs.run_of(w)
+        return {c.variant: self._features(c, [w.category], "test") for c in self.inputs.plan.scored_candidates(run)}
 
     def _features(self, run: Any, categories: list[str] | tuple[str, ...], split: str) -> dict[str, Any]:
         """``{"cache": "stored"}`` (the job reads caches: its inputs), or for ``cache: none`` what
