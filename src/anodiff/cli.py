@@ -387,11 +387,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--all", action="store_true", help=f"list every waiting run and missing category (default: the "
                      f"first {SHOWN} runs, {SHOWN_NAMES} names each)")
     sub = command("budget", cmd_budget, "estimate the compute budget of a config",
-                  "Per GPU job kind (cache_features, pretrain, train, link_model, infer, fps): the number of jobs,\n"
-                  "GPU-hours (FLOPs counted on the meta device / a stated sustained throughput), the largest job's\n"
-                  "RAM and GPU memory, and the disk its caches, models and predictions take; with totals. Models\n"
-                  "the last check has not seen are built on the meta device first (as the dry run does; minutes\n"
-                  "for the paper plan the first time, then cached in DIR/.snakemake/anodiff/).\n\n"
+                  "Per GPU job kind (cache_features, pretrain, train, link_model, infer, score_candidates,\n"
+                  "fps): the number of jobs, GPU-hours (FLOPs counted on the meta device / a stated sustained\n"
+                  "throughput), the largest job's RAM and GPU memory, and the disk its caches, models and\n"
+                  "predictions take; with totals. Models the last check has not seen are built on the meta\n"
+                  "device first (as the dry run does; minutes for the paper plan the first time, then cached\n"
+                  "in DIR/.snakemake/anodiff/).\n\n"
                   "example: anodiff budget --configfile config/datasets.yaml config/paper.yaml", [common, configured])
     sub.add_argument("--gpu", choices=sorted(budget_gpus()), default="h100-fp32",
                      help="throughput assumption (default: h100-fp32, today's precision)")
