@@ -21,6 +21,8 @@ from anodiff.inputs import JobInputs, caches
 from anodiff.methods.spec import FeatureSpec
 from anodiff.plan import PlanError, build_plan
 
+from test_workflow import planned_jobs
+
 REPO = Path(__file__).resolve().parents[1]
 DEMO = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
 SPEC = FeatureSpec(backbone="resnet18", layers=(1, 2), image_size=32, feature_size=4, pretrained=False)
@@ -216,21 +218,6 @@ def test_training_and_inference_without_a_cache_score_as_with_the_stored_cache(p
 
 
 # ----------------------------------------------------------------------------- the workflow
-def _dry_run_jobs(output: str) -> set[tuple[str, str]]:
-    """(rule, wildcards) of every job a ``snakemake -n`` output lists."""
-    import re
-
-    jobs, rule = set(), None
-    for line in output.splitlines():
-        if match := re.match(r"^(?:local)?rule (\w+):", line):
-            rule = match.group(1)
-            jobs.add((rule, ""))
-        elif rule and (match := re.match(r"^\s+wildcards: (.*)$", line)):
-            jobs.discard((rule, ""))
-            jobs.add((rule, match.group(1)))
-    return jobs
-
-
 @pytest.mark.slow
 def test_a_snakemake_run_without_a_cache_extracts_in_its_own_jobs_and_scores_as_the_cached_variant(tmp_path):
     """A real workflow run (up to the metrics) of two InversionAD variants differing only in
@@ -269,7 +256,7 @@ def test_a_snakemake_run_without_a_cache_extracts_in_its_own_jobs_and_scores_as_
         assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-6000:]
         return done.stdout + done.stderr
 
-    jobs = _dry_run_jobs(snakemake("-n"))
+    jobs = planned_jobs(snakemake("-n"))
     job = "dataset=synthetic, method=inversion, variant={}, {}=weave"
     # the uncached run's own jobs, each extracting; the stored run's only caches (no train cache
     # would be needed by the uncached run alone: the stored run's calibration reads it)

@@ -202,6 +202,23 @@ def test_float16_caches_agree_with_float32_features(method, demo):
     assert abs(roc_auc_score(labels, exact.image_score) - roc_auc_score(labels, cached.image_score)) <= 0.02
 
 
+def prepared_job_environment(tmp_path, category: str, n_test_good: int, n_test_per_defect: int):
+    """A CPU job environment with its own MLflow store, and the validation report of a prepared
+    one-category synthetic dataset (8 training images at 32 px), as the workflow's jobs get them."""
+    from anodiff.pipeline import JobEnvironment, prepare_dataset
+
+    env = JobEnvironment.from_config({"device": "cpu", "weights_dir": str(tmp_path / "weights"), "experiment": "e",
+                                      "mlflow": {"tracking_uri": f"sqlite:///{tmp_path}/mlflow.db",
+                                                 "artifact_location": str(tmp_path / "artifacts")}})
+    report = tmp_path / "validation.json"
+    prepare_dataset(dataset="synthetic", dataset_config={
+        "source": "synthetic", "root": str(tmp_path / "synthetic"), "categories": [category],
+        "synthetic": {"image_size": 32, "n_train": 8, "n_test_good": n_test_good,
+                      "n_test_per_defect": n_test_per_defect, "seed": 0}},
+        report_path=report)
+    return env, report
+
+
 def test_the_precision_is_recorded_by_every_job_that_computes(tmp_path):
     """A run with ``precision: fp16`` says so in its train, evaluate and fps MLflow runs' params,
     its metrics row and its fps row (the jobs of the workflow, called as its scripts call them)."""
@@ -210,18 +227,11 @@ def test_the_precision_is_recorded_by_every_job_that_computes(tmp_path):
     import pandas as pd
     from mlflow.tracking import MlflowClient
 
-    from anodiff.pipeline import JobEnvironment, cache_features, evaluate, fps_benchmark, infer, prepare_dataset, train
+    from anodiff.pipeline import cache_features, evaluate, fps_benchmark, infer, train
 
     method, category = "dpdiff", "weave"
     config = dataclasses.asdict(_config(method, precision="fp16"))
-    env = JobEnvironment.from_config({"device": "cpu", "weights_dir": str(tmp_path / "weights"), "experiment": "e",
-                                      "mlflow": {"tracking_uri": f"sqlite:///{tmp_path}/mlflow.db",
-                                                 "artifact_location": str(tmp_path / "artifacts")}})
-    report = tmp_path / "validation.json"
-    prepare_dataset(dataset="synthetic", dataset_config={
-        "source": "synthetic", "root": str(tmp_path / "synthetic"), "categories": [category],
-        "synthetic": {"image_size": 32, "n_train": 8, "n_test_good": 2, "n_test_per_defect": 1, "seed": 0}},
-        report_path=report)
+    env, report = prepared_job_environment(tmp_path, category, n_test_good=2, n_test_per_defect=1)
     spec = dataclasses.asdict(REGISTRY[method].feature_spec(_config(method)))
     caches = {split: tmp_path / f"{split}.safetensors" for split in ("train", "test")}
     for split, path in caches.items():

@@ -396,19 +396,11 @@ def test_candidates_scored_in_one_job_equal_their_own_infer_and_evaluate_jobs(tm
     per candidate, the metrics row its own link_model, infer and evaluate jobs would: here two
     InversionAD inference settings of one trained model, each calibrated on the training set."""
     from anodiff.methods import REGISTRY
-    from anodiff.pipeline import (Candidate, JobEnvironment, cache_features, evaluate, infer, link_model,
-                                  prepare_dataset, score_candidates, train)
-    from test_precision import _config as tiny_config_of
+    from anodiff.pipeline import Candidate, cache_features, evaluate, infer, link_model, score_candidates, train
+    from test_precision import _config as tiny_config_of, prepared_job_environment
 
     category, evaluation = "weave", {"resolution": 16, "mask_area_threshold": 0.5, "aupro_fpr_limit": 0.3}
-    env = JobEnvironment.from_config({"device": "cpu", "weights_dir": str(tmp_path / "weights"), "experiment": "e",
-                                      "mlflow": {"tracking_uri": f"sqlite:///{tmp_path}/mlflow.db",
-                                                 "artifact_location": str(tmp_path / "artifacts")}})
-    report = tmp_path / "validation.json"
-    prepare_dataset(dataset="synthetic", dataset_config={
-        "source": "synthetic", "root": str(tmp_path / "synthetic"), "categories": [category],
-        "synthetic": {"image_size": 32, "n_train": 8, "n_test_good": 3, "n_test_per_defect": 2, "seed": 0}},
-        report_path=report)
+    env, report = prepared_job_environment(tmp_path, category, n_test_good=3, n_test_per_defect=2)
     owner = dataclasses.asdict(tiny_config_of("inversion"))
     spec = dataclasses.asdict(REGISTRY["inversion"].feature_spec(tiny_config_of("inversion")))
     caches = {split: tmp_path / f"{split}.safetensors" for split in ("train", "test")}

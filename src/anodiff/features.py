@@ -188,7 +188,23 @@ def row_index(index: Any, length: int) -> np.ndarray:
     return rows
 
 
-class FeatureRows:
+class _Rows:
+    """What :class:`FeatureRows` and :class:`ExtractedRows` answer like a tensor, from ``shape``."""
+
+    shape: torch.Size
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def numel(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+
+class FeatureRows(_Rows):
     """The features of one or more cache files as one (N, C, h, w) array that is never loaded.
 
     Indexing with an int, a slice or a 1-D index (tensor, array or list; negative allowed)
@@ -214,16 +230,6 @@ class FeatureRows:
         self._starts = np.cumsum([0] + [len(a) for a in shards])
         self.shape = torch.Size((int(self._starts[-1]), *shapes.pop()))
         self.dtype = torch.float32  # what indexing returns; stored: each shard's own dtype
-
-    @property
-    def ndim(self) -> int:
-        return len(self.shape)
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    def numel(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64))
 
     def __getitem__(self, index: Any) -> torch.Tensor:
         if isinstance(index, (int, np.integer)):
@@ -312,7 +318,7 @@ class _Images:
         return self.dataset[index]["image"]
 
 
-class ExtractedRows:
+class ExtractedRows(_Rows):
     """What :class:`FeatureRows` gives from a cache, computed from the images when asked for
     (``features.cache: none``): the same extractor, and the same float16 rounding as the cache
     (``round_to``), so a method sees the numbers it would read from a cache.
@@ -340,16 +346,6 @@ class ExtractedRows:
         self.shape = torch.Size((len(dataset), *probe.shape[1:]))
         self.dtype = torch.float32  # what indexing returns
         self.paths = [str(s.image_path) for s in dataset.samples]  # named when a feature is not finite
-
-    @property
-    def ndim(self) -> int:
-        return len(self.shape)
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    def numel(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64))
 
     def float(self) -> torch.Tensor:
         """Every row as one float32 tensor (extracts the whole data set into RAM)."""
