@@ -10,13 +10,17 @@ is 2 FLOPs), seconds and the process's peak RSS as a table.
 "Architecture" here: the run's training config without the sections that only change
 optimisation or scoring (``NOT_ARCHITECTURE``), its feature spec and, for class-conditional
 networks, the class count. Where a training step's memory floor (fp32 weights; gradients and
-two Adam moments of the trainable ones: 4 P + 12 P_t bytes) exceeds ``--memory-gb``, the row says so and runs
-``predict`` alone (the largest part that fits); a part that fails says why.
+two Adam moments of the trainable ones: 4 P + 12 P_t bytes) exceeds ``--memory-gb``, or whose
+process's RSS passes it (the parent polls it and kills the process), the row says so and runs
+``predict`` alone in a fresh process (the largest part that fits): the random initial weights
+loaded as a trained checkpoint would be (a class-conditional network gets the row's class names),
+marked "random weights, no step". A part that fails or runs past ``--timeout`` says why.
 
     .venv/bin/python benchmarks/bench_paper_scale.py                         # all rows (long)
     .venv/bin/python benchmarks/bench_paper_scale.py --variants paper        # one per method's paper run
     .venv/bin/python benchmarks/bench_paper_scale.py --smallest 2            # the two smallest models
     .venv/bin/python benchmarks/bench_paper_scale.py --list                  # the rows, nothing run
+    .venv/bin/python benchmarks/bench_paper_scale.py --smallest-first --budget-minutes 60 --json out.json
 """
 
 from __future__ import annotations
@@ -111,6 +115,17 @@ def _counted(fn):
         return fn(), time.perf_counter() - started, None
 
 
+def untrained_state(detector, classes: list[str], count: int) -> dict[str, Any]:
+    """What a trained model's checkpoint would hold, from the untrained (random) detector: its
+    own weights, and for a class-conditional network (``count`` > 1) the class names that
+    ``fit`` would have set, so that ``load_state_dict`` builds the class embedding predict uses."""
+    state = detector.state_dict()
+    for key in ("classes", "class_names"):
+        if count > 1 and key in state and state[key] is None:
+            state[key] = list(classes)
+    return state
+
+
 def measure(row: dict[str, Any], train: bool) -> dict[str, Any]:
     """Build the row's model (random weights), one optimiser step on two images, one predict
     on two images; runs in the current process (the parent gives each row its own)."""
@@ -154,11 +169,11 @@ def measure(row: dict[str, Any], train: bool) -> dict[str, Any]:
                 result["train"] = f"failed: {type(error).__name__}: {str(error).splitlines()[0][:120]}"
         else:  # predict alone: the random initial weights, loaded as a trained model's would be
             try:
-                detector.load_state_dict(detector.state_dict())
+                detector.load_state_dict(untrained_state(detector, sorted(set(categories)), row["classes"]))
             except Exception as error:  # noqa: BLE001
-                result["predict"] = f"failed: no weights without fit ({type(error).__name__})"
-        if getattr(entry, "calibrates", False) and result["train"] == "ok":
-            detector.calibrate(train_set)
+                result["predict"] = f"failed: no weights without fit ({type(error).__name__}: {error})"[:160]
+        if getattr(entry, "calibrates", False) and "predict" not in result:
+            detector.calibrate(train_set)  # training-score statistics (not timed)
         try:
             if "predict" in result:
                 raise RuntimeError(result["predict"])
@@ -198,23 +213,70 @@ def train_gb(row: Row) -> float:
 _PARAMS: dict[str, tuple[int, int]] = {}  # meta counts (all, trainable), by row
 
 
+def _rss_gb(pid: int) -> float:
+    """Resident memory of a process and its descendants, from /proc (0 where it has gone)."""
+    total, todo = 0, [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            status = Path(f"/proc/{current}/status").read_text()
+            total += next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:"))
+            for task in Path(f"/proc/{current}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except (OSError, StopIteration, ValueError):
+            continue
+    return total / 1024**2
+
+
+def _child(row: Row, train: bool, memory_gb: float, timeout: int) -> tuple[dict[str, Any] | None, str]:
+    """Run one part in a fresh process, killed when its RSS passes ``memory_gb`` or its time
+    ``timeout``: (its result, "") or (None, why it has none)."""
+    import tempfile
+
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        child = subprocess.Popen([sys.executable, __file__, "--child", json.dumps({**asdict(row), "train": train})],
+                                 stdout=out, stderr=err, text=True, cwd=REPO)
+        started, peak, why = time.monotonic(), 0.0, ""
+        while child.poll() is None:
+            peak = max(peak, _rss_gb(child.pid))
+            if peak > memory_gb:
+                why = f"killed at {peak:.1f} GB RSS (over --memory-gb {memory_gb:g})"
+            elif time.monotonic() - started > timeout:
+                why = f"timed out after {timeout} s"
+            if why:
+                child.kill()
+                child.wait()
+                return None, why
+            time.sleep(0.1)
+        out.seek(0)
+        err.seek(0)
+        lines = [line for line in out.read().splitlines() if line.startswith("{")]
+        if child.returncode != 0 or not lines:
+            tail = (err.read().strip().splitlines() or ["?"])[-1][:160]
+            return None, f"process failed (rc {child.returncode}): {tail}"
+        return json.loads(lines[-1]), ""
+
+
 def run_row(row: Row, memory_gb: float, timeout: int) -> dict[str, Any]:
+    """A step and a predict in one process; where the step cannot fit (its memory floor, or the
+    process passed ``memory_gb``), predict alone in a fresh one."""
     params, need = meta_params(row), train_gb(row)
-    train = need <= memory_gb
     started = time.perf_counter()
-    try:
-        out = subprocess.run([sys.executable, __file__, "--child", json.dumps({**asdict(row), "train": train})],
-                             capture_output=True, text=True, timeout=timeout, cwd=REPO)
-    except subprocess.TimeoutExpired:
-        return {"meta_params": params, "train": f"timed out after {timeout} s", "predict": "timed out"}
-    lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
-    if out.returncode != 0 or not lines:
-        tail = (out.stderr.strip().splitlines() or ["?"])[-1][:160]
-        return {"meta_params": params, "train": f"process failed (rc {out.returncode}): {tail}", "predict": "-"}
-    result = json.loads(lines[-1])
-    if not train:
-        result["train"] = f"does not fit {memory_gb:g} GB (>= {need:.1f} GB for weights, grads, Adam); predict only"
-    return {**result, "meta_params": params, "wall_seconds": time.perf_counter() - started}
+    if need > memory_gb:
+        why = f"does not fit {memory_gb:g} GB (>= {need:.1f} GB for weights, grads, Adam): not run"
+    else:
+        result, why = _child(row, True, memory_gb, timeout)
+        if result is not None:
+            return {**result, "meta_params": params, "wall_seconds": time.perf_counter() - started}
+        if not why.startswith("killed"):
+            return {"meta_params": params, "train": why, "predict": "-",
+                    "wall_seconds": time.perf_counter() - started}
+        why = f"step {why}: not measured"
+    result, failed = _child(row, False, memory_gb, timeout)
+    result = result or {"predict": failed}
+    if result.get("predict") == "ok":
+        result["predict"] = "ok (random weights, no step)"
+    return {**result, "train": why, "meta_params": params, "wall_seconds": time.perf_counter() - started}
 
 
 def _fmt(value: Any, spec: str) -> str:
@@ -254,8 +316,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", nargs="*", help="only these methods")
     parser.add_argument("--variants", nargs="*", help="only these variants (e.g. paper)")
     parser.add_argument("--smallest", type=int, help="only the N rows with the fewest parameters (meta count)")
-    parser.add_argument("--memory-gb", type=float, default=20.0, help="RAM a training step may take (default 20)")
+    parser.add_argument("--memory-gb", type=float, default=20.0,
+                        help="RAM a part may take: a step whose floor exceeds it is not run, a process "
+                        "passing it is killed (default 20)")
     parser.add_argument("--timeout", type=int, default=900, help="seconds per row (default 900)")
+    parser.add_argument("--smallest-first", action="store_true", help="run the rows in order of parameters")
+    parser.add_argument("--first", nargs="*", default=[], metavar="METHOD/VARIANT",
+                        help="run these rows before the others (e.g. diad/paper)")
+    parser.add_argument("--budget-minutes", type=float,
+                        help="start no row after this many minutes (a row's --timeout is cut to what is left); "
+                        "the rest print as not run")
     parser.add_argument("--list", action="store_true", help="print the rows and parameters, run nothing")
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -270,21 +340,32 @@ def main(argv: list[str] | None = None) -> int:
             and (not args.variants or r.variant in args.variants)]
     if args.smallest:
         rows = sorted(rows, key=meta_params)[: args.smallest]
+    elif args.smallest_first:
+        rows = sorted(rows, key=meta_params)
+    rows = sorted(rows, key=lambda r: f"{r.method}/{r.variant}" not in args.first)  # stable
     print(f"{len(rows)} of the paper plan's {total} distinct (method, architecture, resolution)", flush=True)
     if args.list:
         print(table(rows, [{"meta_params": meta_params(r)} for r in rows]))
         return 0
-    results = []
+    results: list[dict[str, Any]] = []
+    started = time.monotonic()
     for row in rows:
-        results.append(run_row(row, args.memory_gb, args.timeout))
+        if args.budget_minutes is not None and time.monotonic() - started > 60 * args.budget_minutes:
+            results.append({"meta_params": meta_params(row), "train": "not run: --budget-minutes "
+                            f"{args.budget_minutes:g} spent on the rows above", "predict": "not run"})
+            continue
+        left = None if args.budget_minutes is None else 60 * args.budget_minutes - (time.monotonic() - started)
+        results.append(run_row(row, args.memory_gb, args.timeout if left is None else min(args.timeout, int(left) + 1)))
         print(f"  {row.method}/{row.variant}: {results[-1].get('train')}, predict {results[-1].get('predict')}, "
               f"{results[-1].get('wall_seconds', 0):.0f} s", flush=True)
+        if args.json:  # after every row, so that an interrupted run keeps what it measured
+            Path(args.json).write_text(json.dumps([{**asdict(r), **x} for r, x in zip(rows, results)], indent=2,
+                                                  default=str))
     print(table(rows, results))
     if args.json:
         Path(args.json).write_text(json.dumps([{**asdict(r), **x} for r, x in zip(rows, results)], indent=2,
                                               default=str))
-    return 0 if all(r.get("predict") == "ok" and r.get("train") in ("ok",) or "does not fit" in str(r.get("train"))
-                    for r in results) else 1
+    return 0 if all(str(r.get("predict")).startswith("ok") for r in results) else 1
 
 
 if __name__ == "__main__":

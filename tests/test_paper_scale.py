@@ -30,3 +30,23 @@ def test_the_two_smallest_paper_architectures_train_a_step_and_predict():
         assert result["predict_seconds"] > 0 and result["peak_rss_gb"] < 24
         if result["params"]:  # a memory bank (PatchCore) has no parameters of its own
             assert result["params"] == bench.meta_params(row)
+
+
+def test_a_predict_only_row_loads_the_random_weights_with_the_class_names_fit_would_set():
+    bench = _bench()
+
+    class Detector:  # DiAD's LDM baseline: no classes before fit
+        def state_dict(self):
+            return {"trainable": {"w": 1}, "classes": None}
+
+    assert bench.untrained_state(Detector(), ["bottle", "cable"], 2) == {
+        "trainable": {"w": 1}, "classes": ["bottle", "cable"]}
+    assert bench.untrained_state(Detector(), ["bottle"], 1)["classes"] is None  # not class-conditional
+
+
+def test_the_memory_guard_reads_a_process_trees_resident_memory():
+    import os
+
+    bench = _bench()
+    assert 0.01 < bench._rss_gb(os.getpid()) < 24
+    assert bench._rss_gb(2**22 + 12345) == 0  # gone
