@@ -66,7 +66,7 @@ def test_two_methods_with_different_map_sizes_are_scored_on_the_same_masks(datas
         assert row.eval_resolution == 16 and row.map_size == size and "16 px" in row.evaluation
     # maps that are the masks themselves score perfectly on the evaluation grid, at either size
     assert results["at64"].pixel_auroc == pytest.approx(1.0) and results["at32"].pixel_auroc == pytest.approx(1.0)
-    direct = evaluate_predictions(labels, labels.astype(float), small, samples, PROTOCOL)
+    direct = evaluate_predictions(labels, labels.astype(float), small, read_masks(samples, PROTOCOL), PROTOCOL)
     assert direct["pixel_auroc"] == pytest.approx(results["at32"].pixel_auroc)
 
 

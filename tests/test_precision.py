@@ -141,31 +141,26 @@ def test_fp16_training_scales_the_loss():
     assert seen["fp16"] == pytest.approx(2.0**16 * seen["fp32"], rel=0.01)  # the scaler's initial scale
 
 
+# what inference under autocast may change against fp32, per precision: the largest image-score
+# difference (share of the fp32 scores' spread), the smallest map correlation and the largest
+# AUROC change; fp16 keeps 11 significant bits, bf16 8 (ours, from the tiny demo models)
+INFERENCE_TOLERANCES = {"bf16": (0.10, 0.98, 0.05), "fp16": (0.05, 0.999, 0.02)}
+
+
 @pytest.mark.parametrize("method", sorted(TINY))
-def test_bf16_inference_agrees_with_fp32(method, demo):
+@pytest.mark.parametrize("precision", sorted(INFERENCE_TOLERANCES))
+def test_low_precision_inference_agrees_with_fp32(method, precision, demo):
+    max_gap, min_corr, max_auroc_change = INFERENCE_TOLERANCES[precision]
     detector = _fit(method, demo[(method, "train", "fp32")])
     test = demo[(method, "test", "fp32")]
     reference = detector.predict(test)
-    with autocast("bf16", "cpu"):
+    with autocast(precision, "cpu"):
         low = detector.predict(test)
     assert low.image_score.dtype == reference.image_score.dtype and low.anomaly_map.shape == reference.anomaly_map.shape
     score_gap, corr = _agreement(reference, low)
-    assert score_gap <= 0.10 and corr >= 0.98, (score_gap, corr)
+    assert 0 < score_gap <= max_gap and corr >= min_corr, (score_gap, corr)  # > 0: the low precision did run
     auroc = [roc_auc_score(test.labels, p.image_score) for p in (reference, low)]
-    assert abs(auroc[0] - auroc[1]) <= 0.05
-
-
-@pytest.mark.parametrize("method", sorted(TINY))
-def test_fp16_inference_agrees_with_fp32(method, demo):
-    detector = _fit(method, demo[(method, "train", "fp32")])
-    test = demo[(method, "test", "fp32")]
-    reference = detector.predict(test)
-    with autocast("fp16", "cpu"):
-        low = detector.predict(test)
-    score_gap, corr = _agreement(reference, low)
-    assert 0 < score_gap <= 0.05 and corr >= 0.999, (score_gap, corr)  # > 0: fp16 did run
-    auroc = [roc_auc_score(test.labels, p.image_score) for p in (reference, low)]
-    assert abs(auroc[0] - auroc[1]) <= 0.02
+    assert abs(auroc[0] - auroc[1]) <= max_auroc_change
 
 
 def test_fp16_training_and_inference_agree_with_fp32(demo):

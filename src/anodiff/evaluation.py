@@ -20,6 +20,7 @@ Image scores stay per method.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -91,8 +92,27 @@ def read_masks(samples: Sequence[mvtec.Sample], protocol: EvaluationProtocol) ->
     return np.stack(masks)
 
 
-def evaluate_predictions(labels: np.ndarray, scores: np.ndarray, maps: np.ndarray,
-                         samples: Sequence[mvtec.Sample], protocol: EvaluationProtocol) -> dict[str, float]:
-    """Every metric of one category's predictions under ``protocol``."""
-    return compute_all(labels, scores, read_masks(samples, protocol), resize_maps(maps, protocol.resolution),
+@dataclass(frozen=True)
+class GroundTruth:
+    """One category's test set as its metrics read it, read once however many predictions are
+    scored against it: the samples (paths, labels), their masks on the evaluation grid and the
+    digest of the files as read (:func:`anodiff.data.mvtec.split_manifest`)."""
+
+    root: Path
+    category: str
+    samples: list[mvtec.Sample]
+    masks: np.ndarray  # bool (N, R, R)
+    files: dict[str, str]
+
+    @classmethod
+    def read(cls, root: Path, category: str, protocol: EvaluationProtocol) -> GroundTruth:
+        samples = mvtec.list_samples(root, category, "test")
+        return cls(root, category, samples, read_masks(samples, protocol), mvtec.split_manifest(root, category, "test"))
+
+
+def evaluate_predictions(labels: np.ndarray, scores: np.ndarray, maps: np.ndarray, masks: np.ndarray,
+                         protocol: EvaluationProtocol) -> dict[str, float]:
+    """Every metric of one category's predictions under ``protocol``; ``masks``: its ground
+    truth on the evaluation grid (:func:`read_masks`)."""
+    return compute_all(labels, scores, masks, resize_maps(maps, protocol.resolution),
                        fpr_limit=protocol.aupro_fpr_limit)

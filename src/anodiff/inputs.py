@@ -37,14 +37,15 @@ def metrics_of(plan: Plan, runs: Iterable[Run]) -> list[str]:
     """The files holding the metrics rows of ``runs``, each once: every category's evaluation,
     a select_on_test run's one file (a row per category), or, for a candidate scored with the
     others of its paper protocol, every category's candidates file of the run that scores it."""
-    found: dict[str, None] = {}
+    found: dict[str, None] = {}  # in order, each once
     for run in runs:
         scorer = plan.scorer(run)
         if run.selects:
             found[at(paths.SELECTED_METRICS, run)] = None
-        for category in run.categories if not run.selects else ():
-            found[at(paths.CANDIDATE_METRICS, scorer, category=category) if scorer else
-                  at(paths.METRICS, run, category=category)] = None
+        elif scorer:
+            found.update(dict.fromkeys(at(paths.CANDIDATE_METRICS, scorer, category=c) for c in run.categories))
+        else:
+            found.update(dict.fromkeys(at(paths.METRICS, run, category=c) for c in run.categories))
     return list(found)
 
 

@@ -31,7 +31,7 @@ from anodiff.files import load_npz, load_torch, read_json, read_parquet
 from anodiff.methods import get_method
 from anodiff.methods.base import FeatureSet, Prediction, TrainCallbacks
 from anodiff.methods.spec import FeatureSpec
-from anodiff.evaluation import EvaluationProtocol, evaluate_predictions
+from anodiff.evaluation import EvaluationProtocol, GroundTruth, evaluate_predictions
 from anodiff.metrics import METRIC_NAMES
 from anodiff import precision
 from anodiff.progress import line_based
@@ -393,9 +393,10 @@ def infer(*, method: str, config: Mapping[str, Any], training_hash: str, model_p
           features: Mapping[str, Any] | None = None, report: str | Path | None = None) -> None:
     """Score every test image of one category; write scores, maps and timing (npz). A run
     without a feature cache (``features``, ``report``) extracts them on the fly (:func:`feature_set`)."""
-    prediction, test_set = predict_category(method=method, config=config, training_hash=training_hash,
-                                            model_path=model_path, link_path=link_path, test_cache=test_cache,
-                                            env=env, features=features, report=report)
+    test_set = feature_set(caches=[test_cache] if test_cache else [], features=features, report=report, env=env)
+    source = f"the test images of {features['categories'][0]} (extracted, no cache)" if uncached(features) else test_cache
+    prediction = predict_category(method=method, config=config, training_hash=training_hash, model_path=model_path,
+                                  link_path=link_path, test_set=test_set, source=source, env=env)
     with atomic_path(output) as tmp:
         with open(tmp, "wb") as handle:
             np.savez_compressed(
@@ -410,25 +411,21 @@ def infer(*, method: str, config: Mapping[str, Any], training_hash: str, model_p
 
 
 def predict_category(*, method: str, config: Mapping[str, Any], training_hash: str, model_path: str | Path,
-                     link_path: str | Path | None, test_cache: str | Path | None, env: JobEnvironment,
-                     features: Mapping[str, Any] | None = None,
-                     report: str | Path | None = None) -> tuple[Prediction, FeatureSet]:
-    """A run's prediction on one category's test set (its cache, or extracted on the fly),
-    checked to be finite and of the expected shapes, and that test set."""
+                     link_path: str | Path | None, test_set: FeatureSet, source: str | Path,
+                     env: JobEnvironment) -> Prediction:
+    """A run's prediction on one category's test set (``source`` names it: its cache, or the
+    images it was extracted from), checked to be finite and of the expected shapes."""
     detector = load_detector(method=method, config=config, training_hash=training_hash, model_path=model_path,
                              link_path=link_path, env=env)
-    test_set = feature_set(caches=[test_cache] if test_cache else [], features=features, report=report, env=env)
-    if uncached(features):
-        test_cache = f"the test images of {features['categories'][0]} (extracted, no cache)"
     with precision.autocast(precision.of_config(config), resolve_device(env.device)):
         prediction: Prediction = detector.predict(test_set)
-    _check_finite(prediction.image_score, f"image scores of {model_path} on {test_cache}")
-    _check_finite(prediction.anomaly_map, f"anomaly maps of {model_path} on {test_cache}")
+    _check_finite(prediction.image_score, f"image scores of {model_path} on {source}")
+    _check_finite(prediction.anomaly_map, f"anomaly maps of {model_path} on {source}")
     expected = (len(test_set), test_set.image_size, test_set.image_size)
     if prediction.anomaly_map.shape != expected or prediction.image_score.shape != (len(test_set),):
         raise ValueError(f"method returned maps {prediction.anomaly_map.shape} and scores "
                          f"{prediction.image_score.shape}; expected maps {expected}")
-    return prediction, test_set
+    return prediction
 
 
 def _check_finite(values: np.ndarray, what: str) -> None:
@@ -446,21 +443,23 @@ def evaluate(*, predictions: str | Path, report: str | Path, category: str, outp
     config section, :mod:`anodiff.evaluation`); write a one-row parquet; log a nested run
     (:func:`metrics_row`)."""
     saved = load_npz(predictions)
-    row, tracker = metrics_row(scores=saved, source=predictions, report=report, category=category, run_info=run_info,
-                               run=run, env=env, evaluation=evaluation, config=config, paper_protocol=paper_protocol)
+    protocol = EvaluationProtocol.from_config(evaluation)
+    truth = GroundTruth.read(dataset_root(report), category, protocol)
+    row, tracker = metrics_row(scores=saved, source=predictions, truth=truth, protocol=protocol, run_info=run_info,
+                               run=run, env=env, config=config, paper_protocol=paper_protocol)
     with atomic_path(output) as tmp:
         pd.DataFrame([row]).to_parquet(tmp, index=False)
     tracker.log_artifact(row["mlflow_run_id"], Path(output))
     tracker.end_run(row["mlflow_run_id"])
 
 
-def metrics_row(*, scores: Mapping[str, np.ndarray], source: str | Path, report: str | Path, category: str,
-                run_info: str | Path, run: Mapping[str, str], env: JobEnvironment, evaluation: Mapping[str, Any],
+def metrics_row(*, scores: Mapping[str, np.ndarray], source: str | Path, truth: GroundTruth,
+                protocol: EvaluationProtocol, run_info: str | Path, run: Mapping[str, str], env: JobEnvironment,
                 config: Mapping[str, Any] | None = None, paper_protocol: str = "") -> tuple[dict[str, Any], Tracker]:
-    """Every metric of one category's ``scores`` (``labels``, ``image_score``, ``anomaly_map``,
-    ``image_paths``: an infer job's npz or a prediction in memory, ``source`` naming it) as a
-    metrics row, logged to a new MLflow run nested under ``run_info``'s, left open (its id is
-    the row's ``mlflow_run_id``).
+    """Every metric under ``protocol`` of one category's ``scores`` (``labels``, ``image_score``,
+    ``anomaly_map``, ``image_paths``: an infer job's npz or a prediction in memory, ``source``
+    naming it) against its test set's ``truth``, as a metrics row, logged to a new MLflow run
+    nested under ``run_info``'s, left open (its id is the row's ``mlflow_run_id``).
 
     ``run``: dataset, method, variant and setting (the row's keys and MLflow tags); the row
     says whether the run's pretrained networks were real (``pretrained_weights``,
@@ -471,15 +470,13 @@ def metrics_row(*, scores: Mapping[str, np.ndarray], source: str | Path, report:
     honest run. The row, the MLflow run and every table cell of it then say ``protocol = paper``.
     """
     config = config or {}
-    root = dataset_root(report)
-    samples = mvtec.list_samples(root, category, "test")
-    paths = [str(s.image_path) for s in samples]
-    if paths != [str(p) for p in scores["image_paths"]]:
+    root, category, samples = truth.root, truth.category, truth.samples
+    if [str(s.image_path) for s in samples] != [str(p) for p in scores["image_paths"]]:
         raise ValueError(f"{source} does not match the test set of {root}/{category}: "
                          "the dataset changed since inference; re-run the workflow")
-    protocol = EvaluationProtocol.from_config(evaluation)
     try:
-        metrics = evaluate_predictions(scores["labels"], scores["image_score"], scores["anomaly_map"], samples, protocol)
+        metrics = evaluate_predictions(scores["labels"], scores["image_score"], scores["anomaly_map"], truth.masks,
+                                       protocol)
     except (ValueError, FloatingPointError) as error:
         raise type(error)(f"{source}: {error}") from error
     provenance = recorded_provenance(run_info)
@@ -500,8 +497,7 @@ def metrics_row(*, scores: Mapping[str, np.ndarray], source: str | Path, report:
                                 "n_test_images": len(samples),
                                 "n_anomalous": row["n_anomalous"], "map_size": row["map_size"]})
     tracker.log_text(run_id, yaml.safe_dump(dict(config), sort_keys=False), "config.yaml")
-    test_digest = mvtec.split_manifest(root, category, "test")  # of the files as read now (anodiff.data.digests)
-    tracker.log_dataset(run_id, f"{run['dataset']}/{category}/test", f"{test_digest['images']}-{test_digest['masks']}",
+    tracker.log_dataset(run_id, f"{run['dataset']}/{category}/test", f"{truth.files['images']}-{truth.files['masks']}",
                         str(root / category), context="test")
     tracker.log_metrics(run_id, metrics)
     return row, tracker
@@ -529,20 +525,28 @@ def score_candidates(*, candidates: Sequence[Candidate], report: str | Path, cat
     (``anodiff.plan.Plan.scorer``; DiAD's 39 checkpoints): each one's prediction
     (:func:`predict_category`, as its infer job would) and metrics row with its MLflow run
     (:func:`metrics_row`, as its evaluate job would), one after the other; the rows, in one
-    parquet, are what ``select_on_test`` chooses among. The predictions are not kept."""
+    parquet, are what ``select_on_test`` chooses among. The predictions are not kept; the test
+    set's ground truth is read once, and each distinct test feature set (cache or extraction) too."""
+    protocol = EvaluationProtocol.from_config(evaluation)
+    truth = GroundTruth.read(dataset_root(report), category, protocol)
+    test_sets: dict[str, FeatureSet] = {}
     rows = []
     for number, candidate in enumerate(candidates, 1):
         log.info("candidate %d/%d: %s on %s", number, len(candidates), candidate.run["variant"], category)
-        prediction, test_set = predict_category(
-            method=candidate.run["method"], config=candidate.config, training_hash=candidate.training_hash,
-            model_path=candidate.model_path, link_path=candidate.link_path, test_cache=candidate.test_cache,
-            env=env, features=candidate.features, report=report)
+        source = json.dumps([str(candidate.test_cache), candidate.features], sort_keys=True, default=str)
+        if source not in test_sets:
+            test_sets[source] = feature_set(caches=[candidate.test_cache] if candidate.test_cache else [],
+                                            features=candidate.features, report=report, env=env)
+        test_set = test_sets[source]
+        prediction = predict_category(method=candidate.run["method"], config=candidate.config,
+                                      training_hash=candidate.training_hash, model_path=candidate.model_path,
+                                      link_path=candidate.link_path, test_set=test_set,
+                                      source=candidate.test_cache or f"the test images of {category}", env=env)
         scores = {"labels": test_set.labels, "image_score": prediction.image_score.astype(np.float64),
                   "anomaly_map": prediction.anomaly_map.astype(np.float32), "image_paths": test_set.image_paths}
-        row, tracker = metrics_row(scores=scores, source=f"{candidate.run['variant']}'s prediction", report=report,
-                                   category=category, run_info=candidate.run_info, run=candidate.run, env=env,
-                                   evaluation=evaluation, config=candidate.config,
-                                   paper_protocol=candidate.protocol_text)
+        row, tracker = metrics_row(scores=scores, source=f"{candidate.run['variant']}'s prediction", truth=truth,
+                                   protocol=protocol, run_info=candidate.run_info, run=candidate.run, env=env,
+                                   config=candidate.config, paper_protocol=candidate.protocol_text)
         tracker.end_run(row["mlflow_run_id"])
         rows.append(row)
     table = pd.DataFrame(rows)

@@ -160,25 +160,20 @@ class Plan:
     def figure_runs(self, figure_id: str) -> list[Run]:
         return [self.run(r["dataset"], r["method"], r["variant"]) for r in self.figures[figure_id]["runs"]]
 
-    @cached_property
-    def _candidates_only(self) -> frozenset[tuple[str, str, str]]:
-        printed = {key for key, run in self.runs.items() if run.tables or run.figures}
-        return frozenset((run.dataset, run.method, variant) for run in self.runs.values()
-                         for variant in run.selects) - printed
-
     def summarises(self, run: Run) -> bool:
         """Whether a run gets its own fps job and figures: every computed run but a paper
         protocol's candidates that no table or figure prints (DiAD's 39 checkpoints, a grid
         chosen on test); what they are reported through is the selecting run's row."""
-        return not run.selects and (run.dataset, run.method, run.variant) not in self._candidates_only
+        return not run.selects and self.scorer(run) is None
 
     @cached_property
     def _scorers(self) -> dict[tuple[str, str, str], Run]:
+        printed = {key for key, run in self.runs.items() if run.tables or run.figures}
         found: dict[tuple[str, str, str], Run] = {}
         for run in self.runs.values():
-            for variant in run.selects:
-                if (run.dataset, run.method, variant) in self._candidates_only:
-                    found.setdefault((run.dataset, run.method, variant), run)
+            for key in ((run.dataset, run.method, variant) for variant in run.selects):
+                if key not in printed:
+                    found.setdefault(key, run)
         return found
 
     def scorer(self, run: Run) -> Run | None:

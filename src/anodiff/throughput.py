@@ -4,9 +4,10 @@ One definition (:func:`time_predictions`): what a user pays per image, end to en
 host-to-device copy of decoded images, the frozen backbone and the method's ``predict``,
 at batch 64 (DPDiff-AD Table 4) after a warm-up batch, at the run's ``precision``
 (:mod:`anodiff.precision`) as its ``infer`` job computes: the backbone in float32 (as the cache
-job runs it), ``predict`` under autocast. The features stay on the device between the two. The workflow's fps rule applies it to
-the trained model on real test images of the run (``anodiff.pipeline.fps_benchmark``); the
-metric table, the paper tables and the trade-off figure all show that number.
+job runs it), ``predict`` under autocast. The features stay on the device between the two.
+The workflow's fps rule applies it to the trained model on real test images of the run
+(``anodiff.pipeline.fps_benchmark``); the metric table, the paper tables and the trade-off
+figure all show that number.
 :func:`measure_throughput` applies it to a detector fitted on a few random images, for
 paper-size models that have no trained weights here (``benchmarks/bench_fps.py``).
 """
